@@ -1,0 +1,30 @@
+"""Shared fixtures: a real Kafka-protocol broker (Tansu) on a free loopback port, offline model settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from miko_stream.broker import EmbeddedBroker  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded broker for the whole session; tests isolate themselves with unique topic/group names."""
+    log = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own, for tests that stop or restart it."""
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        yield broker
