@@ -132,6 +132,7 @@ class IntentionEvent(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     status: Literal["ok", "partial"] = "ok"
     parse_failures: int = 0
+    warnings: list[str] = Field(default_factory=list, description="Stages that degraded (e.g. an unusable image).")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def verified_intentions(self) -> list[Intention]:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_image_bytes: int = 5 * 1024 * 1024
     image_fetch_timeout_s: float = 5.0
     image_fetch_private: bool = Field(False, description="Allow image URLs on private/loopback addresses.")
+    image_dir: Path | None = Field(None, description="Folder that `path` images must be inside (none: paths refused).")
 
     # kafka
     kafka_bootstrap: str = "127.0.0.1:9092"

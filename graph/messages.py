@@ -1,0 +1,28 @@
+"""Rendering prompt templates into LangChain messages, with post text treated strictly as data."""
+
+from __future__ import annotations
+
+import re
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from prompts import PromptTemplate
+
+_ROLE_TO_MESSAGE = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+# Chat-template control tokens and our own section headers must never reach a model from post text.
+_CONTROL = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|\[/?INST\]|^###\s*(system|user|assistant)\b", re.IGNORECASE | re.MULTILINE)
+
+
+def as_data(text: str, max_chars: int = 4000) -> str:
+    """Post-derived text made safe to embed in a prompt: control tokens removed, length capped."""
+    return _CONTROL.sub(" ", text)[:max_chars].strip()
+
+
+def render_messages(template: PromptTemplate, **values: str) -> list[BaseMessage]:
+    """Messages for a template; a trailing assistant message is kept as a prefill, empty ones are dropped."""
+    messages: list[BaseMessage] = []
+    for role, text in template.render(**values):
+        if role == "assistant" and not text:
+            continue
+        messages.append(_ROLE_TO_MESSAGE[role](content=text))
+    return messages

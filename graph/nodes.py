@@ -1,0 +1,220 @@
+"""The four MIKO nodes: caption, extract, generate, verify. Each returns a partial state update."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from graph.contracts import CaptionSource, Intention, KeyInfo, Relation
+from graph.images import ImageError, ImageLimits, load_image
+from graph.messages import as_data, render_messages
+from graph.models.base import Captioner, YesNoScorer
+from graph.normalize import content_keywords, normalize_text
+from graph.parsing import clean_completion, full_sentence, parse_key_info, parse_yes_no
+from graph.state import Candidate, PostState
+from prompts import PromptSet
+
+log = structlog.get_logger(__name__)
+
+VerifierMode = Literal["llm", "heuristic", "none"]
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How the graph behaves; defaults follow DESIGN §5."""
+
+    verifier: VerifierMode = "llm"
+    threshold: float = 0.5
+    max_rounds: int = 2
+    max_new_tokens: int = 24
+    extract_max_new_tokens: int = 72
+    retry_temperature: float = 0.8
+    retry_attempts: int = 3
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+
+
+@dataclass
+class GraphDeps:
+    """What the nodes call: the chat model, an optional captioner and the prompt set."""
+
+    llm: BaseChatModel
+    prompts: PromptSet
+    captioner: Captioner | None = None
+    config: GraphConfig = field(default_factory=GraphConfig)
+
+
+class MikoNodes:
+    """Node functions bound to their dependencies (LangGraph calls them with the state)."""
+
+    def __init__(self, deps: GraphDeps) -> None:
+        self.deps = deps
+        self.config = deps.config
+
+    async def caption(self, state: PostState) -> PostState:
+        post = state["post"]
+        if post.caption:
+            return {"caption": post.caption, "caption_source": CaptionSource.PROVIDED}
+        if post.image is None or self.deps.captioner is None:
+            return {"caption": None, "caption_source": CaptionSource.NONE}
+        try:
+            image = await load_image(post.image, self.config.image_limits)
+        except ImageError as error:
+            log.warning("image_unusable", post_id=post.id, reason=str(error))
+            return {"caption": None, "caption_source": CaptionSource.NONE, "degraded": [f"image: {error}"]}
+        result = await self.deps.captioner.describe(image, post.text)
+        if result is None or not result.text.strip():
+            return {"caption": None, "caption_source": CaptionSource.NONE}
+        return {"caption": result.text.strip(), "caption_source": result.source}
+
+    async def extract(self, state: PostState) -> PostState:
+        text = normalize_text(state["post"].text)
+        messages = render_messages(
+            self.deps.prompts.templates["extract"], text=as_data(text), caption=as_data(state.get("caption") or "none")
+        )
+        model = self.deps.llm.bind(max_tokens=self.config.extract_max_new_tokens)
+        reply = await model.ainvoke(messages)
+        key_info, ok = parse_key_info(_content(reply))
+        update: PostState = {"text": text, "key_info": key_info, "pending": list(Relation), "round": 0}
+        if not ok:
+            keywords = content_keywords(f"{text} {state.get('caption') or ''}")
+            update["key_info"] = key_info.model_copy(update={"keywords": key_info.keywords or keywords})
+            update["parse_failures"] = 1
+            update["degraded"] = ["key_info: model output unparsable, keywords from text"]
+        return update
+
+    async def generate(self, state: PostState) -> PostState:
+        relations = state["pending"]
+        conversations = [self._generate_messages(state, relation) for relation in relations]
+        temperature = self.config.retry_temperature if state.get("round", 0) > 0 else 0.0
+        model = self.deps.llm.bind(max_tokens=self.config.max_new_tokens, stop=["\n"], temperature=temperature)
+        replies = await model.abatch(conversations, config={"max_concurrency": len(conversations) or 1})
+        accepted = [item.text for item in state.get("intentions", {}).values() if item.verified]
+        candidates: list[Candidate] = []
+        for relation, reply in zip(relations, replies, strict=True):
+            cleaned = clean_completion(_content(reply), self.deps.prompts.relation(relation).stem, previous=accepted)
+            accepted.append(cleaned.text)
+            attempts = state.get("round", 0) + 1
+            candidates.append(Candidate(relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts))
+        failures = sum(c["parse_failed"] for c in candidates)
+        return {"candidates": candidates, "parse_failures": failures}
+
+    async def verify(self, state: PostState) -> PostState:
+        candidates = state["candidates"]
+        scores = await self._scores(state, candidates)
+        intentions = dict(state.get("intentions", {}))
+        rejected = {relation: list(texts) for relation, texts in state.get("rejected", {}).items()}
+        pending: list[Relation] = []
+        next_round = state.get("round", 0) + 1
+        for candidate, score in zip(candidates, scores, strict=True):
+            relation = candidate["relation"]
+            verified = self.config.verifier == "none" or (score is not None and score >= self.config.threshold)
+            verified = verified and not candidate["parse_failed"]
+            intention = Intention(
+                relation=relation,
+                text=candidate["text"],
+                score=score,
+                verified=verified,
+                attempts=candidate["attempts"],
+                parse_failed=candidate["parse_failed"],
+            )
+            intentions[relation] = _better(intentions.get(relation), intention)
+            if not verified:
+                rejected.setdefault(relation, []).append(candidate["text"])
+                if next_round <= self.config.max_rounds:
+                    pending.append(relation)
+        return {"intentions": intentions, "rejected": rejected, "pending": pending, "round": next_round}
+
+    def route_after_verify(self, state: PostState) -> Literal["generate", "__end__"]:
+        return "generate" if state.get("pending") else "__end__"
+
+    def route_start(self, state: PostState) -> Literal["caption", "extract"]:
+        post = state["post"]
+        return "caption" if post.image is not None or post.caption else "extract"
+
+    def _generate_messages(self, state: PostState, relation: Relation) -> list[BaseMessage]:
+        spec = self.deps.prompts.relation(relation)
+        info = state["key_info"]
+        messages = render_messages(
+            self.deps.prompts.templates["generate"],
+            text=as_data(state["text"]),
+            caption=as_data(state.get("caption") or "none"),
+            concept=as_data(info.concept),
+            action=as_data(info.action),
+            object=as_data(info.object),
+            emotion=as_data(info.emotion),
+            keywords=as_data(", ".join(info.keywords)),
+            stem=spec.stem,
+            hint=spec.hint,
+        )
+        earlier = state.get("rejected", {}).get(relation, [])
+        if earlier:
+            note = "Give a different, better completion than: " + "; ".join(t for t in earlier if t)
+            for position, message in enumerate(messages):
+                if isinstance(message, HumanMessage):
+                    messages[position] = HumanMessage(content=f"{message.content}\n{as_data(note, 600)}")
+        return messages
+
+    async def _scores(self, state: PostState, candidates: Sequence[Candidate]) -> list[float | None]:
+        mode = self.config.verifier
+        if mode == "none":
+            return [None] * len(candidates)
+        if mode == "heuristic":
+            return [heuristic_score(state, c) for c in candidates]
+        conversations = [self._verify_messages(state, c) for c in candidates]
+        scores: list[float | None] = [None] * len(candidates)
+        if isinstance(self.deps.llm, YesNoScorer):
+            scores = await self.deps.llm.ayes_probability(conversations)
+        missing = [i for i, score in enumerate(scores) if score is None]
+        if missing:
+            model = self.deps.llm.bind(max_tokens=3)
+            replies = await model.abatch([conversations[i] for i in missing])
+            for i, reply in zip(missing, replies, strict=True):
+                scores[i] = parse_yes_no(_content(reply))
+        return [0.0 if c["parse_failed"] else s for c, s in zip(candidates, scores, strict=True)]
+
+    def _verify_messages(self, state: PostState, candidate: Candidate) -> list[BaseMessage]:
+        stem = self.deps.prompts.relation(candidate["relation"]).stem
+        return render_messages(
+            self.deps.prompts.templates["verify"],
+            text=as_data(state["text"]),
+            caption=as_data(state.get("caption") or "none"),
+            statement=as_data(full_sentence(stem, candidate["text"])),
+        )
+
+
+_WORD = re.compile(r"[a-z]{3,}")
+
+
+def heuristic_score(state: PostState, candidate: Candidate) -> float:
+    """A cheap plausibility score: a sane length and words shared with the post, caption or key info."""
+    if candidate["parse_failed"] or not candidate["text"]:
+        return 0.0
+    words = _WORD.findall(candidate["text"].lower())
+    if not 1 <= len(words) <= 30:
+        return 0.2
+    info: KeyInfo = state["key_info"]
+    context = " ".join([state["text"], state.get("caption") or "", info.concept, info.action, info.object, *info.keywords])
+    overlap = len(set(words) & set(_WORD.findall(context.lower())))
+    return min(1.0, 0.5 + 0.2 * overlap)
+
+
+def _better(current: Intention | None, new: Intention) -> Intention:
+    """Keep a verified intention, else the higher-scoring attempt."""
+    if current is None or new.verified:
+        return new
+    if current.verified:
+        return current
+    return new if (new.score or 0.0) >= (current.score or 0.0) else current
+
+
+def _content(reply: BaseMessage) -> str:
+    content = reply.content
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)

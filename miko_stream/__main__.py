@@ -1,0 +1,3 @@
+from miko_stream.cli import app
+
+app()

@@ -1,0 +1,43 @@
+"""The `miko-stream` command line: each group of commands lives in miko_stream/commands/."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Annotated
+
+import typer
+
+from miko_stream.logging import configure_logging
+
+app = typer.Typer(
+    name="miko-stream",
+    help="Verified intention knowledge from live social-media posts (MIKO, streaming on Kafka).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+COMMAND_MODULES = ("batch", "models", "stream", "index", "demo")
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option("--log-level", envvar="MIKO_LOG_LEVEL", help="DEBUG, INFO, WARNING")] = "INFO",
+    log_format: Annotated[str, typer.Option("--log-format", envvar="MIKO_LOG_FORMAT", help="json | console")] = "json",
+) -> None:
+    """Set up logging before any command runs; models load offline only."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_logging(log_level, json=log_format != "console")
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"miko_stream.commands.{_name}")
+    except ModuleNotFoundError as _error:
+        if _error.name != f"miko_stream.commands.{_name}":
+            raise
+        continue
+    _module.register(app)

@@ -1,0 +1,31 @@
+"""The event contracts (DESIGN §4), re-exported from ``graph.contracts`` where every layer can import them."""
+
+from graph.contracts import (
+    SCHEMA_VERSION,
+    CaptionSource,
+    DeadLetter,
+    DeadLetterStage,
+    ImageRef,
+    Intention,
+    IntentionEvent,
+    KeyInfo,
+    ModelInfo,
+    Post,
+    Relation,
+    SourceRef,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CaptionSource",
+    "DeadLetter",
+    "DeadLetterStage",
+    "ImageRef",
+    "Intention",
+    "IntentionEvent",
+    "KeyInfo",
+    "ModelInfo",
+    "Post",
+    "Relation",
+    "SourceRef",
+]

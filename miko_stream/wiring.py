@@ -1,0 +1,54 @@
+"""Builds the pipeline (models, captioner, prompts, graph) from settings: the one place that knows every layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graph.contracts import ModelInfo
+from graph.images import ImageLimits
+from graph.models.registry import LLMConfig, build_chat_model
+from graph.models.vision import build_captioner
+from graph.nodes import GraphConfig, GraphDeps
+from graph.pipeline import MikoPipeline
+from miko_stream.settings import Settings
+from prompts import load_prompts
+
+
+def secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def llm_config(settings: Settings) -> LLMConfig:
+    return LLMConfig(
+        cache_dir=settings.cache_dir,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_new_tokens=settings.max_new_tokens,
+        openai_api_key=secret(settings.openai_api_key),
+    )
+
+
+def graph_config(settings: Settings, image_dir: Path | None = None) -> GraphConfig:
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        fetch_timeout_s=settings.image_fetch_timeout_s,
+        allow_private_hosts=settings.image_fetch_private,
+        base_dir=image_dir or settings.image_dir,
+    )
+    return GraphConfig(
+        verifier=settings.verifier,
+        threshold=settings.verify_threshold,
+        max_rounds=settings.max_rounds,
+        max_new_tokens=settings.max_new_tokens,
+        image_limits=limits,
+    )
+
+
+def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPipeline:
+    """The pipeline for ``settings``; raises ModelSpecError for an unusable --llm/--vision spec."""
+    llm = build_chat_model(settings.llm, llm_config(settings))
+    captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
+    verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
+    deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
+    models = ModelInfo(llm=settings.llm, vision=settings.vision, verifier=verifier)
+    return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s)
