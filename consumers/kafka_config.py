@@ -9,7 +9,7 @@ from pydantic import BaseModel, SecretStr
 
 
 class KafkaConfig(BaseModel):
-    """How to reach the cluster and which topics to use. Built by ``miko_stream.settings`` from ``MIKO_KAFKA_*``."""
+    """How to reach the cluster and which topics to use (made by ``miko_stream.settings`` from ``MIKO_*``)."""
 
     bootstrap: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -27,6 +27,7 @@ class KafkaConfig(BaseModel):
     indexer_group_id: str = "miko-indexer"
     topic_partitions: int = 3
     replication_factor: int = 1
+    idempotence: Literal["auto", "on", "off"] = "auto"  # auto: on where the broker supports it (not Tansu)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Arguments shared by every aiokafka client (producer, consumer, admin)."""
@@ -43,5 +44,6 @@ class KafkaConfig(BaseModel):
         if self.security_protocol.startswith("SASL"):
             kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
             kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+            password = self.sasl_password.get_secret_value() if self.sasl_password else None
+            kwargs["sasl_plain_password"] = password
         return kwargs

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     dlq_topic: str = "miko.posts.dlq"
     group_id: str = "miko-stream"
     max_in_flight: int = Field(64, description="Posts processed concurrently by one processor.")
+    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
+    kafka_topic_partitions: int = Field(3, description="Partitions of topics the service creates.")
+    kafka_replication_factor: int = 1
+    commit_interval_s: float = Field(1.0, description="How often completed input offsets are committed.")
+    drain_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight posts may take to finish.")
+    max_poll_interval_ms: int = 300_000
 
     # index and API
     index_dir: Path = Path("miko-index")
@@ -76,6 +82,9 @@ class Settings(BaseSettings):
             intentions_topic=self.intentions_topic,
             dlq_topic=self.dlq_topic,
             group_id=self.group_id,
+            idempotence=self.kafka_idempotence,
+            topic_partitions=self.kafka_topic_partitions,
+            replication_factor=self.kafka_replication_factor,
         )
 
     def limits(self) -> InputLimits:

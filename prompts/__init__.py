@@ -98,10 +98,17 @@ def version_of(files: dict[str, str]) -> str:
     return digest.hexdigest()[:12]
 
 
-@cache
 def load_prompts(directory: Path | None = None) -> PromptSet:
-    """Load the templates and relation table (the packaged ones, or a folder with the same file names)."""
-    files = _files(directory)
+    """Load the templates and relation table (the packaged ones, cached, or a folder with the same file names)."""
+    return _packaged() if directory is None else _build(_files(directory))
+
+
+@cache
+def _packaged() -> PromptSet:
+    return _build(_files(None))
+
+
+def _build(files: dict[str, str]) -> PromptSet:
     table = tomllib.loads(files["relations.toml"])
     relations = tuple(RelationSpec(r["name"], r["stem"], r.get("hint", "")) for r in table["relation"])
     templates = {name: parse_template(name, files[f"{name}.txt"]) for name in TEMPLATE_NAMES}

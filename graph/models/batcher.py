@@ -1,0 +1,186 @@
+"""A cross-caller micro-batcher: one worker thread per local model coalesces requests into batches.
+
+Why: on a small CPU a 135M model decodes ~21 tok/s for one sequence but ~158 tok/s for 16 at once, so the
+prompts of many concurrent posts (and of their ten relations) must share ``generate`` calls. Callers on any
+thread or event loop submit a request and get a future; the single worker thread owns the model (no locks
+around torch, the event loop never blocks), waits at most ``max_wait_ms`` after the oldest request arrived to
+fill a batch of up to ``max_batch_size``, and routes each result or exception back to its own caller.
+
+The batcher knows nothing of models: it calls ``run_batch(requests) -> results`` where each result is a value
+or an exception for that request alone. If ``run_batch`` itself raises, the batch is retried one request at a
+time so that a single bad request fails only its own caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+RunBatch = Callable[[Sequence[Req]], Sequence[Res | BaseException]]
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed; build a new model (``build_chat_model``) to get a running one."""
+
+
+@dataclass
+class BatcherStats:
+    """Counters for metrics and tests; updated by the worker thread only."""
+
+    batches: int = 0
+    requests: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    largest_batch: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.requests += size
+        self.largest_batch = max(self.largest_batch, size)
+        if len(self.batch_sizes) < 10_000:
+            self.batch_sizes.append(size)
+
+
+@dataclass
+class _Job(Generic[Req, Res]):
+    request: Req
+    future: concurrent.futures.Future[Res]
+    enqueued: float
+
+
+_STOP = object()
+
+
+class MicroBatcher(Generic[Req, Res]):
+    """Coalesces requests from many callers into calls of ``run_batch`` on one worker thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch[Req, Res],
+        *,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 15.0,
+        name: str = "model",
+        on_worker_start: Callable[[], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.name = name
+        self.stats = BatcherStats()
+        self._on_worker_start = on_worker_start
+        self._queue: queue.SimpleQueue[_Job[Req, Res] | object] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- callers -----------------------------------------------------------------------------------------
+
+    def submit(self, request: Req) -> concurrent.futures.Future[Res]:
+        """Queue one request; never blocks. Cancelling the future before its batch starts drops it."""
+        future: concurrent.futures.Future[Res] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise BatcherClosedError(f"{self.name} batcher is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"batcher-{self.name}", daemon=True)
+                self._thread.start()
+            self._queue.put(_Job(request, future, time.monotonic()))
+        return future
+
+    async def arun(self, request: Req) -> Res:
+        """Submit from an event loop and await the result without blocking the loop."""
+        return await asyncio.wrap_future(self.submit(request))
+
+    def run(self, request: Req, timeout: float | None = None) -> Res:
+        """Submit from a plain thread and wait for the result."""
+        return self.submit(request).result(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish queued work, then stop the worker thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+            self._queue.put(_STOP)
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- worker ------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        if self._on_worker_start is not None:
+            self._on_worker_start()
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch, stopping = self._collect(first)  # type: ignore[arg-type]
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            self.stats.cancelled += len(batch) - len(live)
+            if live:
+                self.stats.record(len(live))
+                self._execute(live)
+
+    def _collect(self, first: _Job[Req, Res]) -> tuple[list[_Job[Req, Res]], bool]:
+        """Fill a batch until it is full or ``max_wait`` has passed since the *oldest* request arrived.
+
+        Requests that queued while the model was busy are therefore taken at once, without extra waiting.
+        """
+        batch = [first]
+        deadline = first.enqueued + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, False
+
+    def _execute(self, jobs: list[_Job[Req, Res]]) -> None:
+        try:
+            results = list(self._run_batch([job.request for job in jobs]))
+            if len(results) != len(jobs):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} requests")
+        except Exception as error:
+            if len(jobs) == 1:
+                self.stats.failed += 1
+                jobs[0].future.set_exception(error)
+                return
+            log.warning("batch_failed_retrying_singly", batcher=self.name, size=len(jobs), error=repr(error))
+            for job in jobs:
+                self._execute([job])
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                self.stats.failed += 1
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)

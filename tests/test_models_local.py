@@ -1,0 +1,205 @@
+"""The transformers backend and its micro-batcher, on a tiny random-weight Llama built offline in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from graph.models.base import YesNoScorer
+from graph.models.local import LocalChatModel, PromptTooLongError, chat_turns
+from graph.models.registry import LLMConfig, build_chat_model, describe_llm, shutdown_local_models
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "After posting this, the user wants to share the post with friends and celebrate.",
+    "Answer yes or no. Yes. No. yes no yes no",
+    "Post: I ran my first marathon today and I am so happy about it",
+    "The user posted this because the user is proud of the race.",
+] * 5
+STEM = "After posting this, the user wants to"
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """A 2-layer, 32-wide Llama and a word-piece tokenizer whose every token decodes to plain ASCII."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=list(string.printable),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+        initializer_range=0.5,  # big weights: context matters
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    yield
+    shutdown_local_models()
+
+
+def build(folder: Path, tmp_path: Path, **config: object) -> LocalChatModel:
+    model = build_chat_model(f"hf:{folder}", LLMConfig(cache_dir=tmp_path, **config))  # type: ignore[arg-type]
+    assert isinstance(model, LocalChatModel)
+    return model
+
+
+def prompt(i: int, words: int = 3) -> list[BaseMessage]:
+    post = " ".join(["marathon", "race", "friends", "happy"][j % 4] for j in range(words + i))
+    return [SystemMessage("Complete the sentence."), HumanMessage(f"Post: {post}"), AIMessage(STEM)]
+
+
+async def test_concurrent_calls_coalesce_into_few_generate_calls(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    answers = await asyncio.gather(*(model.ainvoke(prompt(i), max_tokens=6) for i in range(12)))
+    engine = model.handle.engine
+    assert engine.generate_calls <= 2 < 12
+    assert model.handle.batcher.stats.largest_batch >= 6
+    assert all(isinstance(a.content, str) for a in answers)
+    assert describe_llm(model) == f"hf:{tiny_model_dir}"
+
+
+async def test_batched_greedy_equals_unbatched_with_left_padding(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    prompts = [prompt(i, words=1 + 3 * i) for i in range(5)]  # different lengths -> padding
+    alone = [(await model.ainvoke(p, max_tokens=8)).content for p in prompts]
+    assert model.handle.engine.generate_calls == 5
+    together = [m.content for m in await model.abatch(prompts, max_tokens=8)]
+    assert model.handle.engine.generate_calls == 6
+    assert together == alone
+    assert len(set(alone)) > 1
+
+
+async def test_per_request_budget_and_stop_strings(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    full = (await model.ainvoke(prompt(0), max_tokens=12)).content
+    stop = full.strip()[2:5]
+    expected = full[: full.find(stop)]
+    budgets = [1, 3, 7, 12]
+    results = await asyncio.gather(
+        *(model.ainvoke(prompt(0), max_tokens=b) for b in budgets),
+        model.bind(stop=[stop], max_tokens=12).ainvoke(prompt(0)),
+    )
+    assert model.handle.engine.generate_calls == 2  # the reference call, then one batch
+    for budget, result in zip(budgets, results, strict=False):
+        used = result.usage_metadata["output_tokens"]
+        assert used <= budget
+        assert result.response_metadata["finish_reason"] == ("length" if used == budget else "stop")
+        assert full.startswith(result.content)
+    assert results[-1].content == expected
+    assert results[-1].response_metadata["finish_reason"] == "stop"
+
+
+async def test_prefill_is_continued_not_repeated(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path)
+    engine = model.handle.engine
+    rendered = engine.tokenizer.decode(engine.render(chat_turns(prompt(0))))
+    assert rendered.endswith(STEM)  # no end-of-turn after the prefill: the model continues it
+    plain = engine.tokenizer.decode(engine.render(chat_turns(prompt(0)[:2])))
+    assert plain.strip().endswith("assistant")  # the generation prompt opens a new turn
+    empty_prefill = engine.tokenizer.decode(engine.render(chat_turns([*prompt(0)[:2], AIMessage("")])))
+    assert empty_prefill == plain
+    answer = await model.ainvoke(prompt(0), max_tokens=5)
+    assert not answer.content.strip().startswith(STEM)
+    assert answer.usage_metadata["input_tokens"] == len(engine.render(chat_turns(prompt(0))))
+
+
+async def test_a_bad_request_fails_only_itself(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    engine = model.handle.engine
+    too_long = [HumanMessage(" ".join(["marathon"] * 400))]
+    poison_id = engine.tokenizer.unk_token_id
+    real_generate = engine.model.generate
+
+    def generate_refusing_unknown_tokens(*args: object, **kwargs: torch.Tensor) -> torch.Tensor:
+        if bool((kwargs["input_ids"] == poison_id).any()):
+            raise RuntimeError("kernel failure on this row")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate_refusing_unknown_tokens)
+    outcomes = await asyncio.gather(
+        model.ainvoke(prompt(0), max_tokens=4),
+        model.ainvoke(too_long, max_tokens=4),
+        model.ainvoke([HumanMessage("§§§ unknown symbols")], max_tokens=4),
+        model.ainvoke(prompt(1), max_tokens=4),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], AIMessage) and isinstance(outcomes[3], AIMessage)
+    assert isinstance(outcomes[1], PromptTooLongError)
+    assert isinstance(outcomes[2], RuntimeError)
+    assert model.handle.batcher.stats.failed == 2
+
+
+async def test_yes_probability_from_logits_in_the_same_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    assert isinstance(model, YesNoScorer)
+    questions = [
+        [SystemMessage("Answer yes or no."), HumanMessage(f"Post: happy race {i}?")] for i in range(4)
+    ]
+    alone = [(await model.ayes_probability([q]))[0] for q in questions]
+    batches_before = model.handle.batcher.stats.batches
+    together, answers = await asyncio.gather(
+        model.ayes_probability(questions), model.abatch([prompt(0), prompt(1)], max_tokens=3)
+    )
+    assert model.handle.batcher.stats.batches == batches_before + 1  # scoring and generation shared a batch
+    assert all(p is not None and 0.0 <= p <= 1.0 for p in together)
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert len(answers) == 2
+
+
+async def test_temperature_groups_and_sync_invoke(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
+    greedy, sampled = await asyncio.gather(
+        model.ainvoke(prompt(0), max_tokens=4), model.ainvoke(prompt(0), max_tokens=4, temperature=0.8)
+    )
+    assert model.handle.engine.generate_calls == 2 and model.handle.batcher.stats.batches == 1
+    assert sampled.usage_metadata["output_tokens"] <= 4
+    assert model.invoke(prompt(0), max_tokens=4).content == greedy.content
+
+
+def test_models_of_one_spec_share_one_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+    first = build(tiny_model_dir, tmp_path)
+    second = build(tiny_model_dir, tmp_path, max_new_tokens=5)
+    assert first.handle is second.handle
+    assert second.max_new_tokens == 5

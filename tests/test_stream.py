@@ -1,0 +1,264 @@
+"""The stream processor against the real embedded broker, with scripted processors in place of the graph.
+
+The real graph through the real CLI is exercised by test_stream_crash.py and test_produce_tail.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from kafka_helpers import (
+    Outputs,
+    collect,
+    committed_offsets,
+    create_topics,
+    outputs_of,
+    post_line,
+    produce,
+    unique_config,
+)
+
+from consumers.kafka_config import KafkaConfig
+from consumers.stream import StreamOptions, StreamProcessor, StreamStats
+from graph.contracts import DeadLetterStage, IntentionEvent, ModelInfo, Post, SourceRef
+from graph.intake import InputLimits
+from miko_stream.broker import EmbeddedBroker, free_port
+
+MODELS = ModelInfo(llm="scripted", vision="none", verifier="none")
+FAST = {"commit_interval_s": 0.2, "stats_interval_s": 1.0, "session_timeout_ms": 6000}
+
+
+class GraphGaveUp(Exception):
+    """Shaped like graph.pipeline.PostFailed: a stage and the attempts it took."""
+
+    def __init__(self, message: str, stage: DeadLetterStage, attempts: int) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.attempts = attempts
+
+
+class ScriptedProcessor:
+    """Echoes posts into events; can be slow, held at a gate, fail or hang for chosen ids."""
+
+    def __init__(
+        self, delay_s: float = 0.0, fail: set[str] | None = None, hang: set[str] | None = None
+    ) -> None:
+        self.delay_s = delay_s
+        self.fail = fail or set()
+        self.hang = hang or set()
+        self.gate: asyncio.Event | None = None
+        self.calls: Counter[str] = Counter()
+        self.active = 0
+        self.peak = 0
+
+    async def process(self, post: Post, source: SourceRef | None) -> IntentionEvent:
+        self.calls[post.id] += 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if post.id in self.hang:
+                await asyncio.Event().wait()
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(self.delay_s)
+            if post.id in self.fail:
+                raise GraphGaveUp("the model kept timing out", DeadLetterStage.GRAPH, attempts=3)
+            return IntentionEvent(
+                post_id=post.id, source=source, text=post.text, models=MODELS, prompt_version="t"
+            )
+        finally:
+            self.active -= 1
+
+
+@contextlib.asynccontextmanager
+async def running(stream: StreamProcessor) -> AsyncIterator[asyncio.Task[StreamStats]]:
+    task = asyncio.create_task(stream.run())
+    try:
+        yield task
+    finally:
+        stream.request_stop()
+        await asyncio.wait_for(asyncio.shield(task), 30)
+
+
+def stream_for(config: KafkaConfig, processor: ScriptedProcessor, limits: InputLimits | None = None,
+               **options: object) -> StreamProcessor:  # fmt: skip
+    return StreamProcessor(processor, config, limits or InputLimits(), StreamOptions(**{**FAST, **options}))
+
+
+async def test_events_dead_letters_and_tombstones(kafka_broker: EmbeddedBroker) -> None:
+    bootstrap = kafka_broker.bootstrap
+    config = unique_config(bootstrap)
+    await create_topics(config)
+    huge = b'{"id": "huge", "text": "' + b"x" * 100_000 + b'"}'
+    poison: list[tuple[bytes | None, bytes | None]] = [
+        (b"bad-json", b'{"id": "bad-json", "text": '),
+        (None, b'{"text": "no id"}'),
+        (None, b"[1, 2, 3]"),
+        (b"long", json.dumps({"id": "long", "text": "y" * 2_000}).encode()),
+        (b"huge", huge),
+        (b"boom", post_line("boom")),
+    ]
+    valid = [(f"p{i}".encode(), post_line(f"p{i}")) for i in range(30)]
+    tombstone = (b"p3", None)
+    # Poison first: later posts must still flow.
+    partitions = await produce(bootstrap, config.posts_topic, [*poison, *valid, tombstone])
+    processor = ScriptedProcessor(fail={"boom"})
+    limits = InputLimits(max_record_bytes=50_000, max_text_chars=1_000)
+    stream = stream_for(config, processor, limits, max_request_bytes=64 * 1024)
+    expected = len(valid) + len(poison) + 1
+    async with running(stream):
+        records = await collect(bootstrap, outputs_of(config), lambda r: len(r) >= expected)
+    stats = stream.stats
+    outputs = Outputs.read(records, config)
+
+    assert outputs.events == Counter({f"p{i}": 1 for i in range(30)})
+    assert outputs.tombstones == [b"p3"]
+    letters = {letter.original()[:40]: letter for letter in outputs.dead_letters}
+    assert (
+        {prefix: (letter.stage, letter.post_id) for prefix, letter in letters.items()}
+        == {
+            b'{"id": "bad-json", "text": ': (DeadLetterStage.DECODE, None),
+            b'{"text": "no id"}': (DeadLetterStage.VALIDATE, None),
+            b"[1, 2, 3]": (DeadLetterStage.VALIDATE, None),
+            poison[3][1][:40]: (DeadLetterStage.LIMITS, "long"),  # type: ignore[index]
+            huge[:40]: (DeadLetterStage.LIMITS, None),
+            post_line("boom")[:40]: (DeadLetterStage.GRAPH, "boom"),
+        }
+    )
+    boom = letters[post_line("boom")[:40]]
+    assert (boom.attempts, boom.error_class, boom.partition is not None) == (3, "GraphGaveUp", True)
+    cut = letters[huge[:40]]
+    assert huge.startswith(cut.original()) and len(cut.original()) < len(huge)
+    assert "cut to" in cut.error_message, "an original too big for the dead-letter topic is cut, and says so"
+    event = next(item for item in outputs.event_records if item.post_id == "p0")
+    assert event.source is not None and event.source.topic == config.posts_topic
+    assert (stats.processed, stats.dead_lettered, stats.tombstones) == (30, 6, 1)
+
+    per_partition = Counter(partitions)
+    committed = await committed_offsets(bootstrap, config)
+    assert committed == {p: per_partition[p] or None for p in range(config.topic_partitions)}
+
+
+async def test_backpressure_bounds_in_flight_and_keeps_the_group_membership(
+    kafka_broker: EmbeddedBroker,
+) -> None:
+    """Posts slower than max.poll.interval.ms: polling goes on while paused: no rebalance (aiokafka #848)."""
+    bootstrap = kafka_broker.bootstrap
+    config = unique_config(bootstrap, topic_partitions=1)
+    await create_topics(config)
+    await produce(bootstrap, config.posts_topic, [(None, post_line(f"s{i}")) for i in range(8)])
+    processor = ScriptedProcessor(delay_s=1.2)
+    stream = stream_for(config, processor, max_in_flight=4, low_water=1, max_poll_interval_ms=800)
+    paused_seen = False
+    async with running(stream):
+        while stream.stats.processed < 8:
+            paused_seen |= stream.stats.paused
+            await asyncio.sleep(0.05)
+    assert processor.peak == 4, "bounded in-flight, and the bound is used"
+    assert paused_seen
+    assert stream.stats.rebalances == 0, (
+        "the group kept this consumer although each post outlived the poll interval"
+    )
+    assert processor.calls == Counter({f"s{i}": 1 for i in range(8)})
+    assert await committed_offsets(bootstrap, config) == {0: 8}
+
+
+async def test_graceful_stop_drains_in_flight_posts_and_commits(kafka_broker: EmbeddedBroker) -> None:
+    bootstrap = kafka_broker.bootstrap
+    config = unique_config(bootstrap)
+    await create_topics(config)
+    await produce(bootstrap, config.posts_topic, [(f"g{i}".encode(), post_line(f"g{i}")) for i in range(12)])
+    processor = ScriptedProcessor()
+    processor.gate = asyncio.Event()
+    stream = stream_for(config, processor)
+    task = asyncio.create_task(stream.run())
+    while processor.active < 12:
+        await asyncio.sleep(0.05)
+    stream.request_stop()  # all twelve are in flight, none finished
+    await asyncio.sleep(0.3)
+    processor.gate.set()
+    stats = await asyncio.wait_for(task, 30)
+    assert stats.processed == 12
+    outputs = Outputs.read(await collect(bootstrap, outputs_of(config), lambda r: len(r) >= 12), config)
+    assert outputs.events == Counter({f"g{i}": 1 for i in range(12)})
+
+    again = ScriptedProcessor()
+    async with running(stream_for(config, again)) as second:
+        await asyncio.sleep(3)
+    assert (await second).received == 0, "everything was committed: a restart redoes nothing"
+
+
+async def test_drain_timeout_leaves_unfinished_posts_for_the_next_run(kafka_broker: EmbeddedBroker) -> None:
+    bootstrap = kafka_broker.bootstrap
+    config = unique_config(bootstrap, topic_partitions=1)
+    await create_topics(config)
+    await produce(bootstrap, config.posts_topic, [(None, post_line(f"d{i}")) for i in range(6)])
+    stuck = ScriptedProcessor(hang={"d2"})
+    stream = stream_for(config, stuck, drain_timeout_s=0.5)
+    async with running(stream):
+        while stream.stats.processed < 5:
+            await asyncio.sleep(0.05)
+    assert await committed_offsets(bootstrap, config) == {0: 2}, "never past the post that did not finish"
+
+    healthy = ScriptedProcessor()
+    async with running(stream_for(config, healthy)):
+        records = await collect(bootstrap, outputs_of(config), lambda r: len({x.key for x in r}) >= 6)
+    outputs = Outputs.read(records, config)
+    assert set(outputs.events) == {f"d{i}" for i in range(6)}
+    assert healthy.calls == Counter({"d2": 1, "d3": 1, "d4": 1, "d5": 1}), "redone from the committed offset"
+
+
+async def test_waits_for_a_broker_that_is_not_up_yet(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    config = unique_config(f"127.0.0.1:{port}")
+    stream = stream_for(config, ScriptedProcessor())
+    async with running(stream):
+        await asyncio.sleep(1.5)
+        with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as broker:
+            await produce(broker.bootstrap, config.posts_topic, [(b"late", post_line("late"))])
+            records = await collect(broker.bootstrap, outputs_of(config), lambda r: len(r) >= 1)
+            stream.request_stop()
+            await asyncio.sleep(0.5)
+    assert Outputs.read(records, config).events == Counter({"late": 1})
+
+
+async def test_partitions_move_between_two_processors(kafka_broker: EmbeddedBroker) -> None:
+    bootstrap = kafka_broker.bootstrap
+    config = unique_config(bootstrap)
+    await create_topics(config)
+    ids = [f"r{i}" for i in range(60)]
+    await produce(bootstrap, config.posts_topic, [(key.encode(), post_line(key)) for key in ids[:30]])
+    first, second = ScriptedProcessor(delay_s=0.05), ScriptedProcessor(delay_s=0.05)
+    stream_a = stream_for(config, first, max_in_flight=4)
+    stream_b = stream_for(config, second, max_in_flight=4)
+    async with running(stream_a):
+        while stream_a.stats.processed < 5:
+            await asyncio.sleep(0.05)
+        async with running(stream_b):
+            await produce(bootstrap, config.posts_topic, [(key.encode(), post_line(key)) for key in ids[30:]])
+            records = await collect(
+                bootstrap, outputs_of(config), lambda r: len({x.key for x in r}) >= len(ids), timeout_s=90
+            )
+            while stream_b.stats.received == 0 or stream_a._tracker.in_flight():
+                await asyncio.sleep(0.1)
+    outputs = Outputs.read(records, config)
+    assert set(outputs.events) == set(ids)
+    assert stream_a.stats.rebalances >= 1 and stream_b.stats.received > 0, "the second member got partitions"
+    committed = await committed_offsets(bootstrap, config)
+    assert sum(offset or 0 for offset in committed.values()) == len(ids)
+
+
+async def test_a_keyless_tombstone_is_dead_lettered() -> None:
+    """aiokafka cannot send a record with neither key nor value, but other clients can."""
+    from aiokafka.structs import ConsumerRecord
+
+    config = unique_config("127.0.0.1:1")
+    stream = stream_for(config, ScriptedProcessor())
+    record = ConsumerRecord(config.posts_topic, 0, 7, 0, 0, None, None, None, 0, 0, ())
+    output = await stream._output_for(record)
+    assert (output.topic, output.key) == (config.dlq_topic, None)
+    assert output.value is not None and b'"stage":"validate"' in output.value
