@@ -180,8 +180,6 @@ class Indexer:
         self.running, self.error = True, None
         failed = False
         try:
-            if self.config.create_topic:
-                await ensure_topics(self.kafka, [self.topic])
             consumer = await self._start(stop)
             if consumer is None:
                 return
@@ -217,6 +215,7 @@ class Indexer:
             )
 
         backoff = Backoff(initial_s=0.5, maximum_s=10.0)
+        create = self.config.create_topic
         while not stop.is_set():
             consumer = await start_client(
                 make, what="indexer consumer", wait=self.config.wait_for_kafka, stop=stop
@@ -229,6 +228,10 @@ class Indexer:
                 self._assign(consumer, partitions)
                 return consumer
             await consumer.stop()
+            if create:  # then start a new consumer: a fresh client fetches the new topic's metadata
+                await ensure_topics(self.kafka, [self.topic])
+                create = False
+                continue
             if not self.config.wait_for_kafka:
                 raise IndexerError(f"topic {self.topic!r} does not exist on {self.kafka.bootstrap}")
             delay = backoff.next_delay()
@@ -269,7 +272,7 @@ class Indexer:
             if self._snapshot_due():
                 await self._snapshot()
                 await self._commit(consumer)
-                self._check_partitions(consumer)
+            self._check_partitions(consumer)
             if end is not None and all(self.offsets.get(p, 0) >= offset for p, offset in end.items()):
                 log.info("indexer_reached_end", records=self.records)
                 self.reached_end = True
@@ -322,7 +325,8 @@ class Indexer:
             )
 
     def _check_partitions(self, consumer: AIOKafkaConsumer) -> None:
-        """Pick up partitions added to the topic since start (metadata refreshes in the background)."""
+        """Pick up partitions added to the topic since start (aiokafka refreshes the metadata of assigned
+        topics every ``metadata_max_age_ms``); cheap: compares cached metadata."""
         partitions = consumer.partitions_for_topic(self.topic) or set()
         if partitions - set(self._assigned()):
             log.info("indexer_partitions_added", topic=self.topic, partitions=sorted(partitions))

@@ -8,6 +8,8 @@ How it keeps its promises:
 * **Bounded concurrency, no poll timeouts.** At most ``max_in_flight`` posts run at once. When full, every
   partition is paused and the consumer keeps polling (returns nothing, but keeps the group membership and
   ``max.poll.interval.ms`` happy however slow the model is); partitions resume below a low-water mark.
+* **Per-key order.** Posts run concurrently, but outputs with the same key (post id) leave in input order
+  within a partition, so a tombstone never overtakes the event of the post it deletes.
 * **Rebalances** wait (bounded) for the revoked partitions' posts, commit what is done and drop the rest:
   the new owner gets those records again.
 * **Shutdown** (:meth:`StreamProcessor.request_stop`, wired to SIGTERM/SIGINT) stops taking records, drains
@@ -140,6 +142,7 @@ class StreamProcessor:
         self.failure: BaseException | None = None
         self._tracker = OffsetTracker()
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._latest_by_key: dict[tuple[TopicPartition, bytes], asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._abandon = asyncio.Event()
         self._slots_freed = asyncio.Event()
@@ -157,6 +160,10 @@ class StreamProcessor:
         if self._stop.is_set():
             self._abandon.set()
         self._stop.set()
+
+    def assignment(self) -> set[TopicPartition]:
+        """The posts partitions this processor owns right now."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     async def run(self) -> StreamStats:
         """Process until :meth:`request_stop`; returns the final counters. Raises :class:`StreamFailed` after
@@ -232,14 +239,22 @@ class StreamProcessor:
             self.stats.redeliveries_skipped += 1
             return
         self.stats.received += 1
-        task = asyncio.create_task(self._handle(tp, record))
+        key = (tp, record.key) if record.key is not None else None
+        earlier = self._latest_by_key.get(key) if key is not None else None
+        task = asyncio.create_task(self._handle(tp, record, earlier))
         self._tasks.setdefault(tp, set()).add(task)
-        task.add_done_callback(lambda done: self._task_done(tp, done))
+        if key is not None:
+            self._latest_by_key[key] = task
+        task.add_done_callback(lambda done: self._task_done(tp, key, done))
 
-    def _task_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
+    def _task_done(
+        self, tp: TopicPartition, key: tuple[TopicPartition, bytes] | None, task: asyncio.Task[None]
+    ) -> None:
         tasks = self._tasks.get(tp)
         if tasks is not None:
             tasks.discard(task)
+        if key is not None and self._latest_by_key.get(key) is task:
+            del self._latest_by_key[key]
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
             log.error("record_handling_crashed", error=repr(self.failure), exc_info=self.failure)
@@ -315,8 +330,12 @@ class StreamProcessor:
 
     # ------------------------------------------------------------------------------------------ one record
 
-    async def _handle(self, tp: TopicPartition, record: Record) -> None:
+    async def _handle(self, tp: TopicPartition, record: Record, earlier: asyncio.Task[None] | None) -> None:
         output = await self._output_for(record)
+        if earlier is not None:
+            # Same key, earlier offset, still running: keep the input's per-key order in the outputs (a
+            # tombstone must not overtake the event of the post it deletes).
+            await asyncio.wait([earlier])
         await self._deliver(output, record)
         self._tracker.complete(tp, record.offset)
         if output.kind is OutputKind.EVENT:

@@ -78,8 +78,9 @@ class MikoNodes:
             self.deps.prompts.templates["extract"], text=as_data(text), caption=as_data(state.get("caption") or "none")
         )
         model = self.deps.llm.bind(max_tokens=self.config.extract_max_new_tokens)
-        reply = await model.ainvoke(messages)
-        key_info, ok = parse_key_info(_content(reply))
+        reply = _content(await model.ainvoke(messages))
+        # The template prefills "concept:"; a backend that continued it returns the rest of that line.
+        key_info, ok = parse_key_info(reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}")
         update: PostState = {"text": text, "key_info": key_info, "pending": list(Relation), "round": 0}
         if not ok:
             keywords = content_keywords(f"{text} {state.get('caption') or ''}")
@@ -97,7 +98,9 @@ class MikoNodes:
         accepted = [item.text for item in state.get("intentions", {}).values() if item.verified]
         candidates: list[Candidate] = []
         for relation, reply in zip(relations, replies, strict=True):
-            cleaned = clean_completion(_content(reply), self.deps.prompts.relation(relation).stem, previous=accepted)
+            stem = self.deps.prompts.relation(relation).stem
+            cut_short = reply.response_metadata.get("finish_reason") == "length"
+            cleaned = clean_completion(_content(reply), stem, previous=accepted, truncated=cut_short)
             accepted.append(cleaned.text)
             attempts = state.get("round", 0) + 1
             candidates.append(Candidate(relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts))

@@ -21,6 +21,7 @@ from graph.contracts import (
     SourceRef,
 )
 from graph.nodes import GraphDeps
+from graph.normalize import normalize_text
 from graph.state import PostState
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,7 @@ class MikoPipeline:
         self.graph = build_graph(deps)
         self.info = PipelineInfo(models=models, prompt_version=deps.prompts.version)
         self.deadline_s = deadline_s
+        normalize_text("#WarmUp")  # loads the word-segmentation tables now, not inside the first post's deadline
 
     async def process(self, post: Post, source: SourceRef | None = None) -> IntentionEvent:
         """Run the graph for one post; raises :class:`PostFailed` when it cannot produce an event."""

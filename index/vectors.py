@@ -41,6 +41,7 @@ class VectorIndexConfig:
     hnsw_ef_search: int = 64
     compact_ratio: float = 0.2
     compact_min: int = 1000
+    search_threads: int = 1  # FAISS threads per search; 0 = all cores (see docs/index.md)
 
 
 class VectorIndex(Protocol):
@@ -76,6 +77,13 @@ def _flat(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def _limit_threads(threads: int) -> None:
+    """OpenMP thread count for the *calling* thread only (libgomp keeps it per thread): API searches run
+    single-threaded side by side, while the writer's adds and rebuilds keep every core."""
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
+
+
 def _map_arrays(index: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
     """All (ids, vectors) held by an IndexIDMap2 whose inner index stores full vectors."""
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -90,8 +98,9 @@ class FlatVectors:
     kind: IndexKind = "flat"
     FILE = "flat.faiss"
 
-    def __init__(self, dim: int, index: faiss.IndexIDMap2 | None = None) -> None:
+    def __init__(self, dim: int, index: faiss.IndexIDMap2 | None = None, search_threads: int = 1) -> None:
         self.dim = dim
+        self.search_threads = search_threads
         self._index = index if index is not None else _flat(dim)
 
     def __len__(self) -> int:
@@ -106,6 +115,7 @@ class FlatVectors:
             self._index.remove_ids(_ids(ids))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _limit_threads(self.search_threads)
         return self._index.search(_rows(queries), k)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
@@ -123,8 +133,8 @@ class FlatVectors:
         return [self.FILE]
 
     @classmethod
-    def load(cls, directory: Path, dim: int) -> FlatVectors:
-        return cls(dim, faiss.read_index(str(directory / cls.FILE)))
+    def load(cls, directory: Path, dim: int, search_threads: int = 1) -> FlatVectors:
+        return cls(dim, faiss.read_index(str(directory / cls.FILE)), search_threads)
 
 
 class HnswVectors:
@@ -198,6 +208,7 @@ class HnswVectors:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = _rows(queries)
+        _limit_threads(self.config.search_threads)
         params, _alive = self._params(k)  # _alive keeps the selector objects referenced during the call
         scores, ids = self._main.search(queries, k, params=params)
         if not self._delta.ntotal:
@@ -246,11 +257,15 @@ class HnswVectors:
 
 
 def create_vector_index(dim: int, config: VectorIndexConfig) -> VectorIndex:
-    return HnswVectors(dim, config) if config.kind == "hnsw" else FlatVectors(dim)
+    return (
+        HnswVectors(dim, config)
+        if config.kind == "hnsw"
+        else FlatVectors(dim, search_threads=config.search_threads)
+    )
 
 
 def load_vector_index(directory: Path, kind: IndexKind, dim: int, config: VectorIndexConfig) -> VectorIndex:
     """Load what ``save`` wrote; ``kind`` comes from the snapshot manifest."""
     if kind == "hnsw":
         return HnswVectors.load(directory, dim, config)
-    return FlatVectors.load(directory, dim)
+    return FlatVectors.load(directory, dim, config.search_threads)

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(1.0, description="How often completed input offsets are committed.")
     drain_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight posts may take to finish.")
     max_poll_interval_ms: int = 300_000
+    kafka_session_timeout_ms: int = Field(10_000, description="How soon the group notices a dead processor.")
 
     # index and API
     index_dir: Path = Path("miko-index")

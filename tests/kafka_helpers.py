@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -77,6 +81,14 @@ async def collect(
     return records
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 async def create_topics(config: KafkaConfig) -> None:
     """Call before producing: a topic that a producer auto-creates gets the broker's partition count."""
     await ensure_topics(config, [config.posts_topic, config.intentions_topic, config.dlq_topic])
@@ -127,3 +139,83 @@ class Outputs:
 
 def post_line(post_id: str, text: str = "so happy to be stuck at the airport # blessed emoji_123") -> bytes:
     return json.dumps({"id": post_id, "text": text}).encode()
+
+
+class OutputWatcher:
+    """Follows a processor's output topics from the beginning while it runs; maps outputs back to inputs.
+
+    An input is identified by its post id when it has an event, and by its original bytes when it was
+    dead-lettered (bad input may have no id)."""
+
+    def __init__(self, bootstrap: str, config: KafkaConfig) -> None:
+        self.config = config
+        self.records: list[Record] = []
+        self._consumer = AIOKafkaConsumer(
+            *outputs_of(config), bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+
+    async def __aenter__(self) -> OutputWatcher:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self) -> None:
+        batch = await self._consumer.getmany(timeout_ms=100)
+        self.records.extend(record for part in batch.values() for record in part)
+
+    def outputs(self) -> Outputs:
+        return Outputs.read(self.records, self.config)
+
+    def covered(self, valid_ids: set[str], invalid: set[bytes]) -> int:
+        outputs = self.outputs()
+        return len(valid_ids & set(outputs.events)) + len(invalid & set(outputs.dead_originals()))
+
+    async def wait_for(
+        self, count: Callable[[], int], target: int, timeout_s: float, alive: Callable[[], bool]
+    ) -> None:
+        """Poll until ``count() >= target``; fails fast if the processor died (``alive``) or on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while count() < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s}s at {count()} of {target}")
+            if not alive():
+                raise AssertionError(f"the processor exited at {count()} of {target}")
+            await self.poll()
+
+
+# ---------------------------------------------------------------------------------- the CLI as a subprocess
+
+MAX_TEXT_CHARS = 2_000
+
+
+def start_processor(config: KafkaConfig, log: Path, max_in_flight: int = 16) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MIKO_KAFKA_SESSION_TIMEOUT_MS": "3000",  # a killed member leaves the group quickly
+        "MIKO_COMMIT_INTERVAL_S": "0.2",
+        "MIKO_KAFKA_IDEMPOTENCE": "off",  # Tansu has no idempotent producers
+    }
+    command = [
+        sys.executable, "-m", "miko_stream", "run",
+        "--bootstrap", config.bootstrap,
+        "--llm", "fake:20", "--vision", "none",
+        "--posts-topic", config.posts_topic,
+        "--intentions-topic", config.intentions_topic,
+        "--dlq-topic", config.dlq_topic,
+        "--group-id", config.group_id,
+        "--max-in-flight", str(max_in_flight),
+        "--max-text-chars", str(MAX_TEXT_CHARS),
+    ]  # fmt: skip
+    with log.open("ab") as output:
+        return subprocess.Popen(command, stdout=output, stderr=output, env=env)
+
+
+def running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
+
+
+def stop(process: subprocess.Popen[bytes], signum: int) -> int:
+    process.send_signal(signum)
+    return process.wait(timeout=60)

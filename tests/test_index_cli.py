@@ -129,6 +129,12 @@ def test_serve_refuses_another_embedding_model(index_dir: Path) -> None:
     assert result.exit_code == 2 and "--embedding-model hash:384" in result.output
 
 
+def test_serve_refuses_an_index_of_another_topic(index_dir: Path) -> None:
+    args = ["serve", "--index-dir", str(index_dir), "--embedding-model", "hash", "--topic", "other"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "follows topic 't'" in result.output
+
+
 def test_index_rebuild_replays_the_topic(kafka_broker: EmbeddedBroker, index_dir: Path) -> None:
     kafka = asyncio.run(new_topic(kafka_broker))
     records = generation("r", range(10), deletes=[4])

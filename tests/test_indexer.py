@@ -255,3 +255,55 @@ def test_sigkill_between_batches_then_restart_indexes_exactly_once(
     assert index.document("post-30") is None and index.document("post-25") is not None
     assert index.search("c wants thing 27", k=1)[0].text == "c wants thing 27"
     index.close()
+
+
+async def test_indexer_creates_a_missing_topic(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    name = f"intentions-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaConfig(bootstrap=kafka_broker.bootstrap, intentions_topic=name, topic_partitions=2)
+    index = open_writer(tmp_path)
+    indexer = Indexer(index, kafka, IndexerConfig(stop_at_end=True))
+    await asyncio.wait_for(indexer.run(), 30)
+    assert indexer.reached_end and indexer.records == 0 and len(index.store) == 0
+    index.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=name)
+    await consumer.start()
+    try:
+        assert consumer.partitions_for_topic(name) == {0, 1}
+    finally:
+        await consumer.stop()
+
+
+class FakeAssignments:
+    """The slice of AIOKafkaConsumer that partition (re)assignment uses (Tansu cannot add partitions)."""
+
+    def __init__(self, partitions: set[int]) -> None:
+        self.partitions = partitions
+        self.assigned: set[TopicPartition] = set()
+        self.seeks: dict[int, int] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return self.partitions
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = set(partitions)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks[partition.partition] = offset
+
+
+def test_partitions_added_to_the_topic_are_assigned_from_their_start(tmp_path: Path) -> None:
+    index = open_writer(tmp_path)
+    asyncio.run(index.apply({}, {"topic": "t", "offsets": {"0": 5}, "records": 5}))
+    indexer = Indexer(index, KafkaConfig(intentions_topic="t"))
+    consumer = FakeAssignments({0})
+    indexer._consumer = consumer  # type: ignore[assignment]
+    indexer._assign(consumer, {0})  # type: ignore[arg-type]
+    assert consumer.seeks == {0: 5}
+    consumer.partitions = {0, 1, 2}
+    indexer._check_partitions(consumer)  # type: ignore[arg-type]
+    assert {tp.partition for tp in consumer.assigned} == {0, 1, 2}
+    assert consumer.seeks == {0: 5, 1: 0, 2: 0}
+    index.close()

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graph.models.base import YesNoScorer
-from graph.models.local import LocalChatModel, PromptTooLongError, chat_turns
+from graph.models.local import LocalChatModel, ModelLoadError, PromptTooLongError, chat_turns
 from graph.models.registry import LLMConfig, build_chat_model, describe_llm, shutdown_local_models
 
 CHAT_TEMPLATE = (
@@ -203,3 +203,9 @@ def test_models_of_one_spec_share_one_engine(tiny_model_dir: Path, tmp_path: Pat
     second = build(tiny_model_dir, tmp_path, max_new_tokens=5)
     assert first.handle is second.handle
     assert second.max_new_tokens == 5
+
+
+def test_a_missing_model_is_a_clear_load_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load local model") as caught:
+        build_chat_model(f"hf:{tmp_path / 'no-such-model'}", LLMConfig(cache_dir=tmp_path))
+    assert isinstance(caught.value, OSError)  # the CLI reports OSErrors as "cannot load the model"

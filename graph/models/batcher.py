@@ -133,7 +133,10 @@ class MicroBatcher(Generic[Req, Res]):
 
     def _work(self) -> None:
         if self._on_worker_start is not None:
-            self._on_worker_start()
+            try:
+                self._on_worker_start()
+            except Exception as error:  # a tuning hook must not take the worker down
+                log.warning("batcher_start_hook_failed", batcher=self.name, error=repr(error))
         stopping = False
         while not stopping:
             first = self._queue.get()

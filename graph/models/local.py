@@ -39,7 +39,7 @@ class PromptTooLongError(ValueError):
     """The rendered prompt does not fit the model's context; shorten the post text (see InputLimits)."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(OSError):
     """A local model could not be loaded; the message says what to fix."""
 
 
@@ -319,7 +319,9 @@ def load_engine(source: str | Path, *, torch_threads: int | None = None) -> Tran
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-    except (OSError, ValueError) as error:
+    except (
+        Exception
+    ) as error:  # transformers raises OSError, ValueError, hub errors... all mean "fix the path"
         raise ModelLoadError(
             f"cannot load local model {str(source)!r}: {error}. Pass a folder with config.json, tokenizer "
             "and weights (hub downloads are off on this machine), or use the default `smollm2`."

@@ -35,7 +35,7 @@ COMPLETE_MARKER = ".miko-complete"
 Status = Callable[[str], None]
 
 
-class ModelFetchError(RuntimeError):
+class ModelFetchError(OSError):
     """The default model could not be fetched or converted; the message says what to do."""
 
 

@@ -187,7 +187,7 @@ def serve(
 
     Set MIKO_API_KEY to require an X-API-Key header; OpenAPI docs are at /docs.
     """
-    from consumers.indexer import IndexerConfig
+    from consumers.indexer import IndexerConfig, IndexerError
     from miko_stream.api import ApiConfig
 
     settings = _settings(bootstrap, index_dir, embedding_model, topic)
@@ -199,9 +199,12 @@ def serve(
         f"serving {settings.index_dir} ({index.stats()['vectors']} vectors) on http://{host}:{port} "
         f"(docs at /docs{', API key required' if api_key else ''})",
         highlight=False,
+        soft_wrap=True,
     )
     try:
         code = asyncio.run(run_serve(index, _kafka(settings, group_id), indexing, api, host=host, port=port))
+    except IndexerError as error:
+        fail(str(error))
     finally:
         index.close()
     raise typer.Exit(code)
@@ -341,6 +344,7 @@ def rebuild(
         f"{outcome} {settings.index_dir}: {info['records']} records -> {stats['vectors']} vectors of "
         f"{stats['posts']} posts (snapshot {stats['snapshot_seq']})",
         highlight=False,
+        soft_wrap=True,
     )
 
 
