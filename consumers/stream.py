@@ -73,6 +73,7 @@ class StreamOptions:
     create_topics: bool = True
     max_request_bytes: int = 1024 * 1024  # the producer's limit; dead letters are cut to fit under it
     linger_ms: int = 5
+    batch_bytes: int = 256 * 1024  # per-partition producer batch: events are ~1-2 kB, so room for ~150
 
     def resume_below(self) -> int:
         return self.low_water if self.low_water is not None else self.max_in_flight // 2
@@ -174,6 +175,7 @@ class StreamProcessor:
             stop=self._stop,
             linger_ms=self.options.linger_ms,
             max_request_size=self.options.max_request_bytes,
+            max_batch_size=self.options.batch_bytes,
         )
         if self._producer is None:
             return self.stats

@@ -38,7 +38,7 @@ class VectorIndexConfig:
     kind: IndexKind | None = None  # None: keep the kind of an existing index, flat for a new one
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 256
     compact_ratio: float = 0.2
     compact_min: int = 1000
     search_threads: int = 1  # FAISS threads per search; 0 = all cores (see docs/index.md)

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     llm: str = Field("smollm2", description="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<base_url>")
     vision: str = Field("ocr", description="none | ocr | hf:<id or path> | openai:<model>@<base_url>")
     verifier: Literal["llm", "heuristic", "none"] = "llm"
-    verify_threshold: float = 0.5
+    verify_threshold: float | None = Field(
+        None, description="Accept intentions scoring at least this; default: the model's calibrated threshold."
+    )
     max_rounds: int = Field(2, description="Regeneration rounds for rejected relations after the first.")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     openai_api_key: SecretStr | None = None
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(3, description="Partitions of topics the service creates.")
     kafka_replication_factor: int = 1
     commit_interval_s: float = Field(1.0, description="How often completed input offsets are committed.")
-    drain_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight posts may take to finish.")
+    drain_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight posts may still run.")
     max_poll_interval_ms: int = 300_000
     kafka_session_timeout_ms: int = Field(10_000, description="How soon the group notices a dead processor.")
 

@@ -14,6 +14,20 @@ from miko_stream.settings import Settings
 from prompts import load_prompts
 
 
+# P(yes) from a judge is only comparable within one model. SmolLM2-135M puts P(yes) between 0.08 and 0.22 on
+# MIKO's human-judged intentions (../shared/data/verifier_dev.jsonl, 600 intentions, median 0.12, AUC 0.54):
+# 0.10 accepts about the share humans accepted (72%). Other models start at 0.5 until measured.
+CALIBRATED_THRESHOLDS = {"smollm2": 0.10}
+
+
+def verify_threshold(settings: Settings) -> float:
+    if settings.verify_threshold is not None:
+        return settings.verify_threshold
+    if settings.verifier == "llm":
+        return CALIBRATED_THRESHOLDS.get(settings.llm, 0.5)
+    return 0.5
+
+
 def secret(value: object) -> str | None:
     return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
 
@@ -37,7 +51,7 @@ def graph_config(settings: Settings, image_dir: Path | None = None) -> GraphConf
     )
     return GraphConfig(
         verifier=settings.verifier,
-        threshold=settings.verify_threshold,
+        threshold=verify_threshold(settings),
         max_rounds=settings.max_rounds,
         max_new_tokens=settings.max_new_tokens,
         image_limits=limits,

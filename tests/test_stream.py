@@ -187,9 +187,10 @@ async def test_graceful_stop_drains_in_flight_posts_and_commits(kafka_broker: Em
     outputs = Outputs.read(await collect(bootstrap, outputs_of(config), lambda r: len(r) >= 12), config)
     assert outputs.events == Counter({f"g{i}": 1 for i in range(12)})
 
-    again = ScriptedProcessor()
-    async with running(stream_for(config, again)) as second:
-        await asyncio.sleep(3)
+    restarted = stream_for(config, ScriptedProcessor())
+    async with running(restarted) as second:
+        await wait_until(lambda: bool(restarted.assignment()), what="the restarted processor's assignment")
+        await asyncio.sleep(1)
     assert (await second).received == 0, "everything was committed: a restart redoes nothing"
 
 
@@ -278,3 +279,24 @@ async def test_outputs_keep_the_per_key_order_of_the_input(kafka_broker: Embedde
     assert [(record.key, record.value is None) for record in records] == [
         (b"other", True), (b"k", False), (b"k", True),
     ]  # fmt: skip
+
+
+async def test_survives_a_broker_outage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The broker goes away and comes back (empty: Tansu keeps topics in memory); the processor carries on."""
+    port = free_port()
+    config = unique_config(f"127.0.0.1:{port}")
+    stream = stream_for(config, ScriptedProcessor())
+    with EmbeddedBroker(port=port, log_path=tmp_path / "before.log") as broker:
+        await create_topics(config)
+        task = asyncio.create_task(stream.run())
+        await produce(broker.bootstrap, config.posts_topic, [(b"before", post_line("before"))])
+        await collect(broker.bootstrap, [config.intentions_topic], lambda r: len(r) >= 1)
+    await asyncio.sleep(3)
+    assert not task.done(), "still running while the broker is away"
+    with EmbeddedBroker(port=port, log_path=tmp_path / "after.log") as broker:
+        await create_topics(config)
+        await produce(broker.bootstrap, config.posts_topic, [(b"after", post_line("after"))])
+        records = await collect(broker.bootstrap, [config.intentions_topic], lambda r: len(r) >= 1)
+        stream.request_stop()
+        await asyncio.wait_for(task, 30)
+    assert [record.key for record in records] == [b"after"]

@@ -25,6 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr
 
 from graph.models.spec import CallOptions, call_options
+from graph.parsing import parse_yes_no
 from prompts import load_prompts
 
 PromptKind = Literal["extract", "generate", "verify", "other"]
@@ -265,4 +266,6 @@ class FakeChatModel(BaseChatModel):
             await asyncio.sleep(self.latency_ms / 1000)
         if (error := self._next_error()) is not None:
             raise error
+        if self.script is not None:  # a scripted judge answers in text, as a real model would
+            return [parse_yes_no(self.script(list(conversation))) for conversation in conversations]
         return [fake_yes_probability(conversation) for conversation in conversations]

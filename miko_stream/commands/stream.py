@@ -6,6 +6,7 @@ aiokafka, the graph and the models are imported inside the commands so that `mik
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -56,11 +57,13 @@ def broker(
     from miko_stream.broker import BrokerError, EmbeddedBroker
 
     embedded = EmbeddedBroker(host=host, port=port)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         embedded.start()
     except BrokerError as error:
         fail(str(error))
-    stop = threading.Event()
     exit_codes: list[int] = []
 
     def watch() -> None:
@@ -68,8 +71,6 @@ def broker(
         stop.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     err_console.print(
         f"Kafka-protocol broker (Tansu, in memory) on [bold]{embedded.bootstrap}[/]; Ctrl-C stops it. "
         "Topics are lost when it stops.",
@@ -112,6 +113,8 @@ def run(
 
     SIGTERM or Ctrl-C drains in-flight posts, commits and exits 0; a second Ctrl-C stops without waiting.
     """
+    from aiokafka.errors import KafkaError
+
     from consumers.io import KafkaClientError
     from consumers.stream import StreamFailed, StreamOptions, StreamProcessor
     from graph.models.base import ModelSpecError
@@ -146,8 +149,8 @@ def run(
     stream = StreamProcessor(pipeline, settings.kafka(), settings.limits(), options)
     try:
         asyncio.run(_run_until_signal(stream, pipeline))
-    except KafkaClientError as error:
-        fail(str(error), code=1)
+    except (KafkaClientError, KafkaError) as error:
+        fail(f"{error}; offsets are committed up to the last completed post, a restart resumes there", code=1)
     except StreamFailed as error:
         fail(f"{error}; restart to resume from the last commit", code=1)
 
@@ -266,8 +269,8 @@ def tail(
         asyncio.run(main())
     except KafkaClientError as error:
         fail(str(error), code=1)
-    except BrokenPipeError:  # `miko-stream tail | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `miko-stream tail | head`: exit quietly (recipe from the Python signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def register(app: typer.Typer) -> None:
