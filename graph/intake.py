@@ -36,13 +36,17 @@ class IntakeError(ValueError):
 def decode_post(raw: bytes, limits: InputLimits) -> Post:
     """Parse and validate one post, enforcing ``limits``; raises :class:`IntakeError`."""
     if len(raw) > limits.max_record_bytes:
-        raise IntakeError(DeadLetterStage.LIMITS, f"record is {len(raw)} bytes, over the {limits.max_record_bytes} limit")
+        raise IntakeError(
+            DeadLetterStage.LIMITS, f"record is {len(raw)} bytes, over the {limits.max_record_bytes} limit"
+        )
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IntakeError(DeadLetterStage.DECODE, f"not valid JSON: {error}") from error
     if not isinstance(data, dict):
-        raise IntakeError(DeadLetterStage.VALIDATE, f"a post must be a JSON object, got {type(data).__name__}")
+        raise IntakeError(
+            DeadLetterStage.VALIDATE, f"a post must be a JSON object, got {type(data).__name__}"
+        )
     post_id = str(data["id"]) if isinstance(data.get("id"), str | int) else None
     try:
         post = Post.model_validate(data)
@@ -60,11 +64,15 @@ def _check_sizes(post: Post, limits: InputLimits) -> None:
     ]
     for name, size, limit in checks:
         if size > limit:
-            raise IntakeError(DeadLetterStage.LIMITS, f"{name} is {size} characters, over the {limit} limit", post.id)
+            raise IntakeError(
+                DeadLetterStage.LIMITS, f"{name} is {size} characters, over the {limit} limit", post.id
+            )
 
 
 def _short(error: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in item['loc']) or 'post'}: {item['msg']}" for item in error.errors()[:5]]
+    parts = [
+        f"{'.'.join(str(p) for p in item['loc']) or 'post'}: {item['msg']}" for item in error.errors()[:5]
+    ]
     return "invalid post: " + "; ".join(parts)
 
 

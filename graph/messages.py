@@ -10,7 +10,9 @@ from prompts import PromptTemplate
 
 _ROLE_TO_MESSAGE = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 # Chat-template control tokens and our own section headers must never reach a model from post text.
-_CONTROL = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|\[/?INST\]|^###\s*(system|user|assistant)\b", re.IGNORECASE | re.MULTILINE)
+_CONTROL = re.compile(
+    r"<\|[^|>]{1,40}\|>|</?s>|\[/?INST\]|^###\s*(system|user|assistant)\b", re.IGNORECASE | re.MULTILINE
+)
 
 
 def as_data(text: str, max_chars: int = 4000) -> str:

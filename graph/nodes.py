@@ -75,12 +75,16 @@ class MikoNodes:
     async def extract(self, state: PostState) -> PostState:
         text = normalize_text(state["post"].text)
         messages = render_messages(
-            self.deps.prompts.templates["extract"], text=as_data(text), caption=as_data(state.get("caption") or "none")
+            self.deps.prompts.templates["extract"],
+            text=as_data(text),
+            caption=as_data(state.get("caption") or "none"),
         )
         model = self.deps.llm.bind(max_tokens=self.config.extract_max_new_tokens)
         reply = _content(await model.ainvoke(messages))
         # The template prefills "concept:"; a backend that continued it returns the rest of that line.
-        key_info, ok = parse_key_info(reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}")
+        key_info, ok = parse_key_info(
+            reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}"
+        )
         update: PostState = {"text": text, "key_info": key_info, "pending": list(Relation), "round": 0}
         if not ok:
             keywords = content_keywords(f"{text} {state.get('caption') or ''}")
@@ -106,7 +110,11 @@ class MikoNodes:
             cleaned = clean_completion(_content(reply), stem, previous=accepted, truncated=cut_short)
             accepted.append(cleaned.text)
             attempts = state.get("round", 0) + 1
-            candidates.append(Candidate(relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts))
+            candidates.append(
+                Candidate(
+                    relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts
+                )
+            )
         failures = sum(c["parse_failed"] for c in candidates)
         return {"candidates": candidates, "parse_failures": failures}
 
@@ -119,7 +127,9 @@ class MikoNodes:
         next_round = state.get("round", 0) + 1
         for candidate, score in zip(candidates, scores, strict=True):
             relation = candidate["relation"]
-            verified = self.config.verifier == "none" or (score is not None and score >= self.config.threshold)
+            verified = self.config.verifier == "none" or (
+                score is not None and score >= self.config.threshold
+            )
             verified = verified and not candidate["parse_failed"]
             intention = Intention(
                 relation=relation,
@@ -204,7 +214,9 @@ def heuristic_score(state: PostState, candidate: Candidate) -> float:
     if not 1 <= len(words) <= 30:
         return 0.2
     info: KeyInfo = state["key_info"]
-    context = " ".join([state["text"], state.get("caption") or "", info.concept, info.action, info.object, *info.keywords])
+    context = " ".join(
+        [state["text"], state.get("caption") or "", info.concept, info.action, info.object, *info.keywords]
+    )
     overlap = len(set(words) & set(_WORD.findall(context.lower())))
     return min(1.0, 0.5 + 0.2 * overlap)
 

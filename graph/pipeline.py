@@ -53,7 +53,9 @@ class MikoPipeline:
         self.graph = build_graph(deps)
         self.info = PipelineInfo(models=models, prompt_version=deps.prompts.version)
         self.deadline_s = deadline_s
-        normalize_text("#WarmUp")  # loads the word-segmentation tables now, not inside the first post's deadline
+        normalize_text(
+            "#WarmUp"
+        )  # loads the word-segmentation tables now, not inside the first post's deadline
 
     async def process(self, post: Post, source: SourceRef | None = None) -> IntentionEvent:
         """Run the graph for one post; raises :class:`PostFailed` when it cannot produce an event."""
@@ -63,19 +65,35 @@ class MikoPipeline:
             async with asyncio.timeout(self.deadline_s):
                 state: PostState = await self.graph.ainvoke({"post": post}, {"recursion_limit": 50})
         except TimeoutError as error:
-            raise PostFailed(f"post ran past its {self.deadline_s}s deadline", cause=error, attempts=1,
-                             stage=DeadLetterStage.GRAPH) from error
+            raise PostFailed(
+                f"post ran past its {self.deadline_s}s deadline",
+                cause=error,
+                attempts=1,
+                stage=DeadLetterStage.GRAPH,
+            ) from error
         except GraphRecursionError as error:
-            raise PostFailed("graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH) from error
+            raise PostFailed(
+                "graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH
+            ) from error
         except Exception as error:
             attempts = self.deps.config.retry_attempts
-            raise PostFailed(f"{type(error).__name__}: {error}", cause=error, attempts=attempts,
-                             stage=DeadLetterStage.GRAPH) from error
+            raise PostFailed(
+                f"{type(error).__name__}: {error}",
+                cause=error,
+                attempts=attempts,
+                stage=DeadLetterStage.GRAPH,
+            ) from error
         finally:
             structlog.contextvars.unbind_contextvars("post_id")
         event = self.to_event(post, state, source)
         event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
         return event
+
+    async def aclose(self) -> None:
+        """Stop the shared local-model workers (their threads would otherwise outlive the event loop)."""
+        from graph.models.registry import shutdown_local_models
+
+        await asyncio.to_thread(shutdown_local_models)
 
     def to_event(self, post: Post, state: PostState, source: SourceRef | None) -> IntentionEvent:
         intentions = state.get("intentions", {})

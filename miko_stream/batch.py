@@ -58,7 +58,11 @@ class BatchRunner:
         self.concurrency = max(1, concurrency)
 
     async def run(
-        self, source: Path, out: IO[str], dlq: IO[str], limit: int | None = None,
+        self,
+        source: Path,
+        out: IO[str],
+        dlq: IO[str],
+        limit: int | None = None,
         on_done: Callable[[], None] = lambda: None,
     ) -> BatchReport:
         report = BatchReport()
@@ -87,11 +91,15 @@ class BatchRunner:
         try:
             post = decode_post(raw, self.limits)
         except IntakeError as error:
-            return False, self._dead(report, DeadLetter.for_bytes(raw, error, error.stage, post_id=error.post_id, **where))
+            return False, self._dead(
+                report, DeadLetter.for_bytes(raw, error, error.stage, post_id=error.post_id, **where)
+            )
         try:
             event = await self.pipeline.process(post, SourceRef(**where))
         except PostFailed as error:
-            letter = DeadLetter.for_bytes(raw, error.cause, error.stage, post_id=post.id, attempts=error.attempts, **where)
+            letter = DeadLetter.for_bytes(
+                raw, error.cause, error.stage, post_id=post.id, attempts=error.attempts, **where
+            )
             return False, self._dead(report, letter)
         report.events += 1
         report.partial += event.status == "partial"
@@ -100,6 +108,7 @@ class BatchRunner:
     @staticmethod
     def _dead(report: BatchReport, letter: DeadLetter) -> str:
         report.dead_letters += 1
-        log.warning("dead_letter", post_id=letter.post_id, stage=letter.stage, error=letter.error_message[:200])
+        log.warning(
+            "dead_letter", post_id=letter.post_id, stage=letter.stage, error=letter.error_message[:200]
+        )
         return letter.model_dump_json()
-

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Annotated
 
 import typer
 
+from miko_stream.commands import batch, demo, index, models, stream
 from miko_stream.logging import configure_logging
 
 app = typer.Typer(
@@ -18,12 +18,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-COMMAND_MODULES = ("batch", "models", "stream", "index", "demo")
-
 
 @app.callback()
 def main(
-    log_level: Annotated[str, typer.Option("--log-level", envvar="MIKO_LOG_LEVEL", help="DEBUG, INFO, WARNING")] = "INFO",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="MIKO_LOG_LEVEL", help="DEBUG, INFO, WARNING")
+    ] = "INFO",
     log_format: Annotated[str, typer.Option("--log-format", envvar="MIKO_LOG_FORMAT", help="json | console")] = "json",
 ) -> None:
     """Set up logging before any command runs; models load offline only."""
@@ -33,11 +33,5 @@ def main(
     configure_logging(log_level, json=log_format != "console")
 
 
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"miko_stream.commands.{_name}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"miko_stream.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+for _commands in (batch, models, stream, index, demo):
+    _commands.register(app)

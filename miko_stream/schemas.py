@@ -9,7 +9,11 @@ from pydantic import BaseModel
 
 from miko_stream.contracts import DeadLetter, IntentionEvent, Post
 
-CONTRACTS: dict[str, type[BaseModel]] = {"post": Post, "intention_event": IntentionEvent, "dead_letter": DeadLetter}
+CONTRACTS: dict[str, type[BaseModel]] = {
+    "post": Post,
+    "intention_event": IntentionEvent,
+    "dead_letter": DeadLetter,
+}
 
 
 def render_schemas() -> dict[str, str]:

@@ -13,7 +13,6 @@ from graph.pipeline import MikoPipeline
 from miko_stream.settings import Settings
 from prompts import load_prompts
 
-
 # P(yes) from a judge is only comparable within one model. SmolLM2-135M puts P(yes) between 0.08 and 0.22 on
 # MIKO's human-judged intentions (../shared/data/verifier_dev.jsonl, 600 intentions, median 0.12, AUC 0.54):
 # 0.10 accepts about the share humans accepted (72%). Other models start at 0.5 until measured.
@@ -63,6 +62,8 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
     llm = build_chat_model(settings.llm, llm_config(settings))
     captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
     verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
-    deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
+    deps = GraphDeps(
+        llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir)
+    )
     models = ModelInfo(llm=settings.llm, vision=settings.vision, verifier=verifier)
     return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s)

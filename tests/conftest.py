@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from miko_stream.broker import EmbeddedBroker  # noqa: E402
+from miko_stream.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,12 @@ def test_post_accepts_dataset_shapes() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [{"text": "no id"}, {"id": ""}, {"id": "x", "image": {"url": "a", "path": "b"}}, {"id": "x", "image": {}}],
+    [
+        {"text": "no id"},
+        {"id": ""},
+        {"id": "x", "image": {"url": "a", "path": "b"}},
+        {"id": "x", "image": {}},
+    ],
 )
 def test_post_rejects_invalid(data: dict) -> None:
     with pytest.raises(ValidationError):
@@ -38,7 +43,9 @@ def test_post_rejects_invalid(data: dict) -> None:
 
 def test_dead_letter_keeps_original_bytes() -> None:
     raw = b"\xff not json"
-    letter = DeadLetter.for_bytes(raw, ValueError("bad"), DeadLetterStage.DECODE, topic="t", partition=0, offset=7)
+    letter = DeadLetter.for_bytes(
+        raw, ValueError("bad"), DeadLetterStage.DECODE, topic="t", partition=0, offset=7
+    )
     again = DeadLetter.model_validate_json(letter.model_dump_json())
     assert again.original() == raw
     assert again.error_class == "ValueError" and again.stage == "decode"
@@ -46,7 +53,10 @@ def test_dead_letter_keeps_original_bytes() -> None:
 
 def test_event_round_trips() -> None:
     event = IntentionEvent(
-        post_id="p1", text="t", models=ModelInfo(llm="fake", vision="none", verifier="none"), prompt_version="abc"
+        post_id="p1",
+        text="t",
+        models=ModelInfo(llm="fake", vision="none", verifier="none"),
+        prompt_version="abc",
     )
     assert IntentionEvent.model_validate_json(event.model_dump_json()) == event
     assert event.schema_version == "1.0"

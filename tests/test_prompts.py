@@ -17,7 +17,9 @@ def test_relations_in_miko_order_with_stems() -> None:
 
 
 def test_one_template_per_node() -> None:
-    assert set(load_prompts().templates) == set(TEMPLATE_NAMES) == {"caption", "extract", "generate", "verify"}
+    assert (
+        set(load_prompts().templates) == set(TEMPLATE_NAMES) == {"caption", "extract", "generate", "verify"}
+    )
 
 
 def test_version_is_a_content_hash(tmp_path: Path) -> None:
@@ -34,8 +36,16 @@ def test_version_is_a_content_hash(tmp_path: Path) -> None:
 def test_generate_template_ends_with_stem_prefill() -> None:
     prompts = load_prompts()
     messages = render_messages(
-        prompts.templates["generate"], text="t", caption="c", concept="", action="", object="", emotion="",
-        keywords="", stem="After posting this, the user wants to", hint="h",
+        prompts.templates["generate"],
+        text="t",
+        caption="c",
+        concept="",
+        action="",
+        object="",
+        emotion="",
+        keywords="",
+        stem="After posting this, the user wants to",
+        hint="h",
     )
     assert [m.type for m in messages] == ["system", "human", "ai"]
     assert messages[-1].content == "After posting this, the user wants to"

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from miko_stream.commands.common import LlmOption, VisionOption, err_console, fail, load_settings
 
@@ -15,10 +22,14 @@ from miko_stream.commands.common import LlmOption, VisionOption, err_console, fa
 def process(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT.jsonl", help="Posts, one JSON object a line.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where IntentionEvents go (JSONL).")],
-    dlq: Annotated[Path | None, typer.Option("--dlq", help="Dead letters (default: OUT with .dlq.jsonl).")] = None,
+    dlq: Annotated[
+        Path | None, typer.Option("--dlq", help="Dead letters (default: OUT with .dlq.jsonl).")
+    ] = None,
     llm: LlmOption = None,
     vision: VisionOption = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Process only the first N records.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Process only the first N records.")
+    ] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Posts in flight.")] = None,
 ) -> None:
     """Run the MIKO graph over a JSONL file: one IntentionEvent per valid post, a dead letter per invalid line."""
@@ -39,7 +50,13 @@ def process(
     runner = BatchRunner(pipeline, settings.limits(), concurrency=settings.max_in_flight)
     total = count_records(input_path, limit)
     output.parent.mkdir(parents=True, exist_ok=True)
-    columns = (TextColumn("[bold]posts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]posts"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with output.open("w") as out, dlq.open("w") as dead, Progress(*columns, console=err_console) as progress:
         task = progress.add_task("posts", total=total)
         report = asyncio.run(runner.run(input_path, out, dead, limit, on_done=lambda: progress.advance(task)))
@@ -50,7 +67,9 @@ def process(
 
 
 def schemas(
-    directory: Annotated[Path, typer.Argument(help="Folder for the *.schema.json files.")] = Path("docs/schemas"),
+    directory: Annotated[Path, typer.Argument(help="Folder for the *.schema.json files.")] = Path(
+        "docs/schemas"
+    ),
 ) -> None:
     """Write the JSON Schemas of Post, IntentionEvent and DeadLetter (generated from the pydantic models)."""
     from miko_stream.schemas import write_schemas

@@ -13,10 +13,14 @@ from miko_stream.settings import Settings
 err_console = Console(stderr=True)
 
 LlmOption = Annotated[
-    str | None, typer.Option("--llm", help="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<url>  [env MIKO_LLM]")
+    str | None,
+    typer.Option(
+        "--llm", help="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<url>  [env MIKO_LLM]"
+    ),
 ]
 VisionOption = Annotated[
-    str | None, typer.Option("--vision", help="none | ocr | hf:<id or path> | openai:<model>@<url>  [env MIKO_VISION]")
+    str | None,
+    typer.Option("--vision", help="none | ocr | hf:<id or path> | openai:<model>@<url>  [env MIKO_VISION]"),
 ]
 BootstrapOption = Annotated[
     str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers  [env MIKO_KAFKA_BOOTSTRAP]")

@@ -1,0 +1,127 @@
+"""Everything embedded in one process: broker, stream processor, indexer, search API, and sample posts replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import uvicorn
+
+from consumers.indexer import Indexer, IndexerConfig
+from consumers.io import produce_file
+from consumers.stream import StreamOptions, StreamProcessor
+from consumers.topics import ensure_topics
+from index.embeddings import load_embedder
+from index.service import IndexSettings, IntentionIndex
+from index.vectors import VectorIndexConfig
+from miko_stream.api import ApiConfig, create_app
+from miko_stream.broker import EmbeddedBroker
+from miko_stream.settings import Settings
+from miko_stream.wiring import build_pipeline
+
+
+def sample_posts() -> Path:
+    """The demo's own posts (written for this project), shipped inside the package."""
+    return Path(str(resources.files("miko_stream").joinpath("samples", "posts.jsonl")))
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    posts: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    exit_when_indexed: bool = False
+    timeout_s: float = 3600.0
+
+
+class _QuietServer(uvicorn.Server):
+    """Signals are the demo's: it stops every part in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+async def run_demo(settings: Settings, options: DemoOptions, say: Callable[[str], None]) -> int:
+    """Start all parts, replay the posts, report progress; serve until Ctrl-C (or until indexed, for tests)."""
+    with EmbeddedBroker(host="127.0.0.1") as broker:
+        # Tansu has no idempotent producers: say so up front instead of probing (which logs an error).
+        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": "off"})
+        kafka = settings.kafka()
+        say(f"broker: Tansu on {broker.bootstrap} (in memory)")
+        await ensure_topics(kafka, [kafka.posts_topic, kafka.intentions_topic, kafka.dlq_topic])
+        say(f"loading models: llm={settings.llm} vision={settings.vision} embeddings={settings.embedding_model}")
+        pipeline = await asyncio.to_thread(build_pipeline, settings, options.posts.parent)
+        index = IntentionIndex.open(
+            IndexSettings(settings.index_dir, VectorIndexConfig()), load_embedder(settings.embedding_model), writer=True
+        )
+        stream = StreamProcessor(
+            pipeline, kafka, settings.limits(), StreamOptions(max_in_flight=settings.max_in_flight)
+        )
+        indexer = Indexer(index, kafka, IndexerConfig(batch_size=16, snapshot_interval_s=5.0))
+        api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        app = create_app(index, indexer=indexer, config=ApiConfig(api_key=api_key))
+        server = _QuietServer(uvicorn.Config(app, host=options.host, port=options.port, log_config=None))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        tasks = [
+            asyncio.create_task(stream.run(), name="processor"),
+            asyncio.create_task(indexer.run(stop), name="indexer"),
+            asyncio.create_task(server.serve(), name="api"),
+        ]
+        try:
+            return await _replay_and_watch(settings, options, stream, indexer, stop, say)
+        finally:
+            stream.request_stop()
+            stop.set()
+            server.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await pipeline.aclose()
+            index.close()
+
+
+def _show_example(indexer: Indexer, say: Callable[[str], None], query: str = "wants to sell something") -> None:
+    say(f"example search {query!r}:")
+    for hit in indexer.index.search(query, k=3):
+        say(f"  {hit.score:.3f}  {hit.post_id}  {hit.relation}: {hit.text}")
+
+
+async def _replay_and_watch(
+    settings: Settings,
+    options: DemoOptions,
+    stream: StreamProcessor,
+    indexer: Indexer,
+    stop: asyncio.Event,
+    say: Callable[[str], None],
+) -> int:
+    kafka = settings.kafka()
+    report = await produce_file(kafka, options.posts, topic=kafka.posts_topic)
+    total = report.records
+    url = f"http://{options.host}:{options.port}"
+    say(f"replayed {total} sample posts into {kafka.posts_topic}; the model is working through them")
+    say(f"search API: {url}/docs   e.g. {url}/search?q=wants+to+sell+something&k=5   stats: {url}/stats")
+    started, last = time.monotonic(), (-1, -1)
+    while not stop.is_set() and time.monotonic() - started < options.timeout_s:
+        progress = (stream.stats.processed + stream.stats.dead_lettered, indexer.records)
+        if progress != last:
+            elapsed = time.monotonic() - started
+            say(f"  {progress[0]}/{total} posts processed, {progress[1]} events indexed ({elapsed:.0f}s)")
+            last = progress
+        if progress[0] >= total and progress[1] >= stream.stats.processed:
+            _show_example(indexer, say)
+            say(f"all {total} posts processed and indexed. Serving at {url} (Ctrl-C to stop).")
+            if options.exit_when_indexed:
+                return 0
+            await stop.wait()
+            return 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=2.0)
+    return 0 if stop.is_set() else 1
