@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from aiokafka.errors import (
 from aiokafka.structs import ConsumerRecord
 
 from consumers.kafka_config import KafkaConfig
-from graph.intake import peek_post_id
+from graph.intake import peek_post_id, read_jsonl_records
 
 log = structlog.get_logger(__name__)
 
@@ -85,9 +85,7 @@ async def start_client(
             raise
 
 
-def producer_factory(
-    config: KafkaConfig, *, idempotent: bool, **options: Any
-) -> Callable[[], AIOKafkaProducer]:
+def producer_factory(config: KafkaConfig, *, idempotent: bool, **options: Any) -> Callable[[], AIOKafkaProducer]:
     def make() -> AIOKafkaProducer:
         return AIOKafkaProducer(
             **config.client_kwargs(), acks="all", enable_idempotence=idempotent, **{"linger_ms": 5, **options}
@@ -119,20 +117,6 @@ async def start_producer(
 
 
 # ---------------------------------------------------------------------------------------------- produce
-
-
-def read_records(path: Path) -> Iterator[bytes]:
-    """The lines of a JSONL file as bytes, line terminators removed and blank lines skipped, nothing else
-    touched: deciding what is a bad record is the processor's job (it dead-letters them)."""
-    with path.open("rb") as handle:
-        for line in handle:
-            record = line.rstrip(b"\r\n")
-            if record.strip():
-                yield record
-
-
-def count_records(path: Path) -> int:
-    return sum(1 for _ in read_records(path))
 
 
 @dataclass
@@ -176,7 +160,7 @@ async def produce_file(
 
     started = time.monotonic()
     try:
-        for index, record in enumerate(read_records(path)):
+        for index, (_, record) in enumerate(read_jsonl_records(path)):
             if rate:
                 delay = started + index / rate - time.monotonic()
                 if delay > 0:

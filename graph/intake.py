@@ -7,7 +7,9 @@ same inputs for the same reasons.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -44,9 +46,7 @@ def decode_post(raw: bytes, limits: InputLimits) -> Post:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IntakeError(DeadLetterStage.DECODE, f"not valid JSON: {error}") from error
     if not isinstance(data, dict):
-        raise IntakeError(
-            DeadLetterStage.VALIDATE, f"a post must be a JSON object, got {type(data).__name__}"
-        )
+        raise IntakeError(DeadLetterStage.VALIDATE, f"a post must be a JSON object, got {type(data).__name__}")
     post_id = str(data["id"]) if isinstance(data.get("id"), str | int) else None
     try:
         post = Post.model_validate(data)
@@ -64,15 +64,11 @@ def _check_sizes(post: Post, limits: InputLimits) -> None:
     ]
     for name, size, limit in checks:
         if size > limit:
-            raise IntakeError(
-                DeadLetterStage.LIMITS, f"{name} is {size} characters, over the {limit} limit", post.id
-            )
+            raise IntakeError(DeadLetterStage.LIMITS, f"{name} is {size} characters, over the {limit} limit", post.id)
 
 
 def _short(error: ValidationError) -> str:
-    parts = [
-        f"{'.'.join(str(p) for p in item['loc']) or 'post'}: {item['msg']}" for item in error.errors()[:5]
-    ]
+    parts = [f"{'.'.join(str(p) for p in item['loc']) or 'post'}: {item['msg']}" for item in error.errors()[:5]]
     return "invalid post: " + "; ".join(parts)
 
 
@@ -84,3 +80,22 @@ def peek_post_id(raw: bytes) -> str | None:
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return str(value) if isinstance(value, str | int) and str(value) else None
+
+
+def read_jsonl_records(path: Path, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) for each non-blank line of a JSONL file, line terminators removed and nothing
+    else touched: deciding what is a bad record is the processor's job (it dead-letters them)."""
+    count = 0
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            record = line.rstrip(b"\r\n")
+            if not record.strip():
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield number, record
+
+
+def count_jsonl_records(path: Path, limit: int | None = None) -> int:
+    return sum(1 for _ in read_jsonl_records(path, limit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -12,7 +12,7 @@ from typing import IO
 import structlog
 
 from graph.contracts import DeadLetter, SourceRef
-from graph.intake import InputLimits, IntakeError, decode_post
+from graph.intake import InputLimits, IntakeError, decode_post, read_jsonl_records
 from graph.pipeline import MikoPipeline, PostFailed
 
 log = structlog.get_logger(__name__)
@@ -29,24 +29,6 @@ class BatchReport:
     @property
     def posts_per_s(self) -> float:
         return self.records / self.elapsed_s if self.elapsed_s else 0.0
-
-
-def read_records(path: Path, limit: int | None) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) for each non-blank line; bytes are kept raw so bad encodings reach the DLQ."""
-    count = 0
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            if limit is not None and count >= limit:
-                return
-            count += 1
-            yield number, raw
-
-
-def count_records(path: Path, limit: int | None) -> int:
-    return sum(1 for _ in read_records(path, limit))
 
 
 class BatchRunner:
@@ -78,7 +60,7 @@ class BatchRunner:
                 on_done()
 
         async with asyncio.TaskGroup() as tasks:
-            for number, raw in read_records(source, limit):
+            for number, raw in read_jsonl_records(source, limit):
                 await slots.acquire()
                 report.records += 1
                 tasks.create_task(one(number, raw))
@@ -108,7 +90,5 @@ class BatchRunner:
     @staticmethod
     def _dead(report: BatchReport, letter: DeadLetter) -> str:
         report.dead_letters += 1
-        log.warning(
-            "dead_letter", post_id=letter.post_id, stage=letter.stage, error=letter.error_message[:200]
-        )
+        log.warning("dead_letter", post_id=letter.post_id, stage=letter.stage, error=letter.error_message[:200])
         return letter.model_dump_json()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,14 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
 from graph.models.batcher import MicroBatcher
+from graph.models.prefix import (
+    PrefixPlan,
+    SharingPolicy,
+    left_pad,
+    plan_prefixes,
+    positions,
+    prefill_prefixes,
+)
 from graph.models.spec import CallOptions, call_options
 
 if TYPE_CHECKING:
@@ -71,6 +80,25 @@ LocalRequest = GenerateRequest | ScoreRequest
 LocalResult = Completion | float | None
 
 
+@dataclass(frozen=True)
+class CallTrace:
+    """One model call as the engine ran it, for benchmarks and metrics (see ``TransformersEngine.observer``).
+
+    ``prompts`` are the exact token ids; ``completions`` is empty for scoring calls; ``prefill_tokens`` counts
+    the prompt tokens the model actually ran over (shared prefixes once, padding excluded).
+    """
+
+    kind: str
+    prompts: tuple[tuple[int, ...], ...]
+    options: tuple[CallOptions, ...]
+    completions: tuple[Completion, ...]
+    prefill_tokens: int
+    seconds: float
+
+
+CallObserver = Callable[[CallTrace], None]
+
+
 def chat_turns(messages: Sequence[BaseMessage]) -> ChatTurns:
     """(role, text) pairs; an empty trailing assistant message is dropped (it prefills nothing)."""
     turns: list[tuple[str, str]] = []
@@ -104,15 +132,27 @@ def _single_token_ids(tokenizer: PreTrainedTokenizerBase, variants: Sequence[str
     return sorted(ids)
 
 
+DEFAULT_SHARING = SharingPolicy()
+
+
 class TransformersEngine:
     """Runs batches of generation and scoring requests on one model; used from one worker thread only."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, torch_threads: int | None = None
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        torch_threads: int | None = None,
+        sharing: SharingPolicy | None = DEFAULT_SHARING,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
+        self.sharing = sharing
+        """Prefill prompts that share a prefix once per batch (None: every row in full)."""
+        self.observer: CallObserver | None = None
+        """Called on the worker thread after every model call; must be quick and must not raise."""
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_ids = sorted(i for i in eos if i is not None)
         if not self.eos_ids:
@@ -187,32 +227,67 @@ class TransformersEngine:
                     results[index] = completion
         return results
 
-    def _left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
+    def _plan(self, rows: Sequence[list[int]]) -> PrefixPlan | None:
+        """A shared-prefix plan when some rows share one, else None (plain left-padded batch)."""
+        if self.sharing is None or len(rows) < 2:
+            return None
+        plan = plan_prefixes(rows, self.sharing)
+        return plan if plan.shares else None
 
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-        return ids, mask
+    def _notify(
+        self,
+        kind: str,
+        rows: Sequence[list[int]],
+        plan: PrefixPlan | None,
+        started: float,
+        options: Sequence[CallOptions] = (),
+        completions: Sequence[Completion] = (),
+    ) -> None:
+        if self.observer is None:
+            return
+        prefill = plan.prefill_tokens if plan is not None else sum(map(len, rows))
+        trace = CallTrace(
+            kind=kind,
+            prompts=tuple(tuple(row) for row in rows),
+            options=tuple(options),
+            completions=tuple(completions),
+            prefill_tokens=prefill,
+            seconds=time.perf_counter() - started,
+        )
+        try:
+            self.observer(trace)
+        except Exception as error:  # an observer bug must not fail the callers' requests
+            log.warning("engine_observer_failed", error=repr(error))
 
     def _score(self, rows: Sequence[list[int]]) -> list[float | None]:
         """P(yes) / (P(yes) + P(no)) from the next-token distribution, one forward pass for all rows."""
         import torch
 
         self.score_calls += 1
-        ids, mask = self._left_pad(rows)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-        ).logits
+        started = time.perf_counter()
+        plan = self._plan(rows)
+        if plan is None:
+            ids, mask = left_pad(rows, self.pad_id)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=1
+            ).logits
+        else:
+            shared = prefill_prefixes(self.model, plan, self.pad_id)
+            logits = self.model(
+                input_ids=shared.suffix_ids,
+                attention_mask=shared.attention_mask,
+                position_ids=shared.suffix_positions,
+                cache=shared.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
         probs = torch.softmax(logits[:, -1, :].float(), dim=-1)
         yes = probs[:, self.yes_ids].sum(-1)
         no = probs[:, self.no_ids].sum(-1)
         total = yes + no
-        return [float(y / t) if t > 0 else None for y, t in zip(yes.tolist(), total.tolist(), strict=True)]
+        scores = [float(y / t) if t > 0 else None for y, t in zip(yes.tolist(), total.tolist(), strict=True)]
+        self._notify("score", rows, plan, started)
+        return scores
 
     def _generate(
         self, rows: Sequence[list[int]], options: Sequence[CallOptions], temperature: float
@@ -220,7 +295,14 @@ class TransformersEngine:
         from transformers import GenerationConfig, StoppingCriteriaList
 
         self.generate_calls += 1
-        ids, mask = self._left_pad(rows)
+        started = time.perf_counter()
+        plan = self._plan(rows)
+        cache = None
+        if plan is None:
+            ids, mask = left_pad(rows, self.pad_id)
+        else:
+            shared = prefill_prefixes(self.model, plan, self.pad_id)
+            ids, mask, cache = shared.input_ids, shared.attention_mask, shared.cache
         width = ids.shape[1]
         budgets = [o.max_new_tokens for o in options]
         stops = RowStops(self.tokenizer, width, budgets, [o.stop for o in options], self.eos_ids)
@@ -237,17 +319,22 @@ class TransformersEngine:
         output = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
+            cache=cache,
             generation_config=config,
             stopping_criteria=StoppingCriteriaList([stops]),
         )
         completions = []
         for i, row in enumerate(output[:, width:].tolist()):
-            text, used, finish = self._trim(row, budgets[i], options[i].stop)
+            text, used, finish = self._trim(row[: stops.finished_at[i] or None], budgets[i], options[i].stop)
             completions.append(Completion(text, len(rows[i]), used, finish))
+        self._notify("generate", rows, plan, started, options, completions)
         return completions
 
     def _trim(self, row: list[int], budget: int, stop: Sequence[str]) -> tuple[str, int, str]:
-        """Cut one row at its own EOS, budget and stop strings (the batch may have run longer for others)."""
+        """Cut one row at its own EOS, budget and stop strings (the batch may have run longer for others).
+
+        ``row`` ends where the row finished, so padding after a stop string is not counted as generated.
+        """
         row = row[:budget]
         finish = "length" if len(row) >= budget else "stop"
         for position, token in enumerate(row):
@@ -287,6 +374,8 @@ class RowStops:
         self.stops = [tuple(s) for s in stops]
         self.eos_ids = set(eos_ids)
         self.done = [False] * len(self.budgets)
+        self.finished_at = [0] * len(self.budgets)
+        """How many new tokens each row had when it finished (0: still running when generation ended)."""
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
@@ -303,6 +392,8 @@ class RowStops:
             elif self.stops[i]:
                 text = self.tokenizer.decode(new[i].tolist(), skip_special_tokens=True)
                 self.done[i] = any(stop in text for stop in self.stops[i])
+            if self.done[i]:
+                self.finished_at[i] = produced
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 

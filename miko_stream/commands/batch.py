@@ -22,19 +22,16 @@ from miko_stream.commands.common import LlmOption, VisionOption, err_console, fa
 def process(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT.jsonl", help="Posts, one JSON object a line.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where IntentionEvents go (JSONL).")],
-    dlq: Annotated[
-        Path | None, typer.Option("--dlq", help="Dead letters (default: OUT with .dlq.jsonl).")
-    ] = None,
+    dlq: Annotated[Path | None, typer.Option("--dlq", help="Dead letters (default: OUT with .dlq.jsonl).")] = None,
     llm: LlmOption = None,
     vision: VisionOption = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Process only the first N records.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Process only the first N records.")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Posts in flight.")] = None,
 ) -> None:
     """Run the MIKO graph over a JSONL file: one IntentionEvent per valid post, a dead letter per invalid line."""
+    from graph.intake import count_jsonl_records
     from graph.models.base import ModelSpecError
-    from miko_stream.batch import BatchRunner, count_records
+    from miko_stream.batch import BatchRunner
     from miko_stream.wiring import build_pipeline
 
     if not input_path.is_file():
@@ -48,7 +45,7 @@ def process(
     except OSError as error:
         fail(f"cannot load the model: {error}")
     runner = BatchRunner(pipeline, settings.limits(), concurrency=settings.max_in_flight)
-    total = count_records(input_path, limit)
+    total = count_jsonl_records(input_path, limit)
     output.parent.mkdir(parents=True, exist_ok=True)
     columns = (
         TextColumn("[bold]posts"),
@@ -67,9 +64,7 @@ def process(
 
 
 def schemas(
-    directory: Annotated[Path, typer.Argument(help="Folder for the *.schema.json files.")] = Path(
-        "docs/schemas"
-    ),
+    directory: Annotated[Path, typer.Argument(help="Folder for the *.schema.json files.")] = Path("docs/schemas"),
 ) -> None:
     """Write the JSON Schemas of Post, IntentionEvent and DeadLetter (generated from the pydantic models)."""
     from miko_stream.schemas import write_schemas

@@ -38,15 +38,11 @@ if TYPE_CHECKING:
     from consumers.stream import StreamProcessor
     from graph.pipeline import MikoPipeline
 
-PostsTopicOption = Annotated[
-    str | None, typer.Option("--posts-topic", help="Input topic (env MIKO_POSTS_TOPIC)")
-]
+PostsTopicOption = Annotated[str | None, typer.Option("--posts-topic", help="Input topic (env MIKO_POSTS_TOPIC)")]
 IntentionsTopicOption = Annotated[
     str | None, typer.Option("--intentions-topic", help="Output topic (env MIKO_INTENTIONS_TOPIC)")
 ]
-DlqTopicOption = Annotated[
-    str | None, typer.Option("--dlq-topic", help="Dead-letter topic (env MIKO_DLQ_TOPIC)")
-]
+DlqTopicOption = Annotated[str | None, typer.Option("--dlq-topic", help="Dead-letter topic (env MIKO_DLQ_TOPIC)")]
 
 
 def broker(
@@ -91,17 +87,13 @@ def run(
     posts_topic: PostsTopicOption = None,
     intentions_topic: IntentionsTopicOption = None,
     dlq_topic: DlqTopicOption = None,
-    group_id: Annotated[
-        str | None, typer.Option("--group-id", help="Consumer group (env MIKO_GROUP_ID)")
-    ] = None,
+    group_id: Annotated[str | None, typer.Option("--group-id", help="Consumer group (env MIKO_GROUP_ID)")] = None,
     max_in_flight: Annotated[
         int | None, typer.Option("--max-in-flight", min=1, help="Posts in flight (env MIKO_MAX_IN_FLIGHT)")
     ] = None,
     max_text_chars: Annotated[
         int | None,
-        typer.Option(
-            "--max-text-chars", min=1, help="Longer posts are dead-lettered (env MIKO_MAX_TEXT_CHARS)"
-        ),
+        typer.Option("--max-text-chars", min=1, help="Longer posts are dead-lettered (env MIKO_MAX_TEXT_CHARS)"),
     ] = None,
     create_topics: Annotated[
         bool, typer.Option("--create-topics/--no-create-topics", help="Create missing topics at start.")
@@ -180,9 +172,7 @@ def parse_rate(text: str) -> float:
 
 def produce(
     file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One record per line, sent as is.")],
-    rate: Annotated[
-        str | None, typer.Option("--rate", help="At most this many records/s, e.g. 50/s.")
-    ] = None,
+    rate: Annotated[str | None, typer.Option("--rate", help="At most this many records/s, e.g. 50/s.")] = None,
     bootstrap: BootstrapOption = None,
     topic: Annotated[str | None, typer.Option("--topic", help="Target topic (env MIKO_POSTS_TOPIC)")] = None,
 ) -> None:
@@ -190,15 +180,16 @@ def produce(
 
     Bad lines are sent too: the processor, not this command, dead-letters them.
     """
-    from consumers.io import KafkaClientError, ProduceError, ProduceReport, count_records, produce_file
+    from consumers.io import KafkaClientError, ProduceError, ProduceReport, produce_file
     from consumers.topics import ensure_topics
+    from graph.intake import count_jsonl_records
 
     if not file.is_file():
         fail(f"file not found: {file}")
     per_second = parse_rate(rate) if rate is not None else None
     settings = load_settings(kafka_bootstrap=bootstrap)
     target = topic or settings.posts_topic
-    total = count_records(file)
+    total = count_jsonl_records(file)
     columns = (
         TextColumn("[bold]records"),
         BarColumn(),
@@ -226,16 +217,10 @@ def produce(
 
 
 def tail(
-    topic: Annotated[
-        str | None, typer.Option("--topic", help="Topic to print (env MIKO_INTENTIONS_TOPIC)")
-    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Topic to print (env MIKO_INTENTIONS_TOPIC)")] = None,
     bootstrap: BootstrapOption = None,
-    from_beginning: Annotated[
-        bool, typer.Option("--from-beginning", help="Start at the oldest record.")
-    ] = False,
-    max_records: Annotated[
-        int | None, typer.Option("--max", min=1, help="Exit after this many records.")
-    ] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    max_records: Annotated[int | None, typer.Option("--max", min=1, help="Exit after this many records.")] = None,
     idle_timeout: Annotated[
         float | None,
         typer.Option("--idle-timeout", min=0.1, help="Exit after this many seconds without records."),
