@@ -17,7 +17,11 @@ _CONTROL = re.compile(
 
 def as_data(text: str, max_chars: int = 4000) -> str:
     """Post-derived text made safe to embed in a prompt: control tokens removed, length capped."""
-    return _CONTROL.sub(" ", text)[:max_chars].strip()
+    clean = _CONTROL.sub(" ", text).strip()
+    if len(clean) <= max_chars:
+        return clean
+    cut = clean[:max_chars]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " …"
 
 
 def render_messages(template: PromptTemplate, **values: str) -> list[BaseMessage]:

@@ -23,6 +23,9 @@ from prompts import PromptSet
 log = structlog.get_logger(__name__)
 
 VerifierMode = Literal["llm", "heuristic", "none"]
+# Generate and verify run ten prompts per post: a shorter caption there cuts the prefill cost that dominates
+# local-model time, and keeps small models from copying the caption instead of answering. Extract sees it all.
+CONTEXT_CAPTION_CHARS = 320
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class MikoNodes:
         messages = render_messages(
             self.deps.prompts.templates["generate"],
             text=as_data(state["text"]),
-            caption=as_data(state.get("caption") or "none"),
+            caption=as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS),
             concept=as_data(info.concept),
             action=as_data(info.action),
             object=as_data(info.object),
@@ -198,7 +201,7 @@ class MikoNodes:
         return render_messages(
             self.deps.prompts.templates["verify"],
             text=as_data(state["text"]),
-            caption=as_data(state.get("caption") or "none"),
+            caption=as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS),
             statement=as_data(full_sentence(stem, candidate["text"])),
         )
 
