@@ -77,7 +77,11 @@ async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBr
     duplicates = sum(n - 1 for n in outputs.events.values()) + sum(
         n - 1 for n in outputs.dead_originals().values()
     )
-    print(f"crash test: {len(records)} inputs, 2 SIGKILLs, {duplicates} duplicate outputs")
+    print(
+        f"crash test: {len(records)} inputs ({len(valid)} valid, {len(invalid)} invalid), 2 SIGKILLs + restart: "
+        f"{sum(outputs.events.values())} events for {len(outputs.events)} posts, "
+        f"{len(outputs.dead_letters)} dead letters for {len(outputs.dead_originals())} inputs, {duplicates} duplicates"
+    )
     assert Counter(letter.stage for letter in outputs.dead_letters).keys() <= {"decode", "validate", "limits"}
 
 

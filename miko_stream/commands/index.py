@@ -213,12 +213,12 @@ def serve(
 def _hits_table(query: str, hits: list[dict[str, Any]]) -> Table:
     table = Table(title=f"intentions like {query!r}", title_justify="left")
     for column, options in [
-        ("#", {"justify": "right"}),
-        ("score", {"justify": "right"}),
-        ("relation", {}),
-        ("post", {"overflow": "fold"}),
-        ("intention", {"overflow": "fold", "ratio": 2}),
-        ("post text", {"overflow": "ellipsis", "ratio": 3, "no_wrap": True}),
+        ("#", {"justify": "right", "no_wrap": True}),
+        ("score", {"justify": "right", "no_wrap": True}),
+        ("relation", {"no_wrap": True}),
+        ("post", {"overflow": "fold", "min_width": 10}),
+        ("intention", {"overflow": "fold", "ratio": 2, "min_width": 16}),
+        ("post text", {"overflow": "fold", "ratio": 3, "min_width": 16}),
     ]:
         table.add_column(column, **options)
     for rank, hit in enumerate(hits, 1):
