@@ -126,9 +126,7 @@ def print_table(rows: list[Row], k: int) -> None:
     def number(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    header = (
-        f"| vectors | index | add (vectors/s) | build (s) | search p50 (ms) | search p99 (ms) | recall@{k} |"
-    )
+    header = f"| vectors | index | add (vectors/s) | build (s) | search p50 (ms) | search p99 (ms) | recall@{k} |"
     print(header)
     print("|" + "|".join("---" for _ in range(7)) + "|")
     for row in rows:

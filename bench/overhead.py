@@ -110,9 +110,7 @@ class NullProcessor:
         from graph.contracts import IntentionEvent, ModelInfo
 
         models = ModelInfo(llm="none", vision="none", verifier="none")
-        return IntentionEvent(
-            post_id=post.id, source=source, text=post.text, models=models, prompt_version="-"
-        )
+        return IntentionEvent(post_id=post.id, source=source, text=post.text, models=models, prompt_version="-")
 
 
 async def stream_runtime(config: KafkaConfig, max_in_flight: int) -> None:
@@ -259,16 +257,12 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="JSONL posts (e.g. mmsd_valid_captioned.jsonl)"
-    )
+    parser.add_argument("--data", type=Path, required=True, help="JSONL posts (e.g. mmsd_valid_captioned.jsonl)")
     parser.add_argument("--posts", type=int, default=2000, help="How many posts to time (default 2000).")
     parser.add_argument("--llm", default="fake", help="Model spec for the CLI run (default: fake, no delay).")
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="Seconds per measurement before giving up."
-    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="Seconds per measurement before giving up.")
     return parser.parse_args(argv)
 
 

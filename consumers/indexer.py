@@ -107,9 +107,7 @@ def decode_batch(records: list[ConsumerRecord[bytes, bytes]]) -> BatchChanges:
 class Indexer:
     """Consumes the intentions topic into an :class:`IntentionIndex` (its single writer)."""
 
-    def __init__(
-        self, index: IntentionIndex, kafka: KafkaConfig, config: IndexerConfig | None = None
-    ) -> None:
+    def __init__(self, index: IntentionIndex, kafka: KafkaConfig, config: IndexerConfig | None = None) -> None:
         self.index = index
         self.kafka = kafka
         self.config = config or IndexerConfig()
@@ -217,9 +215,7 @@ class Indexer:
         backoff = Backoff(initial_s=0.5, maximum_s=10.0)
         create = self.config.create_topic
         while not stop.is_set():
-            consumer = await start_client(
-                make, what="indexer consumer", wait=self.config.wait_for_kafka, stop=stop
-            )
+            consumer = await start_client(make, what="indexer consumer", wait=self.config.wait_for_kafka, stop=stop)
             if consumer is None:
                 return None
             partitions = consumer.partitions_for_topic(self.topic)
@@ -260,15 +256,11 @@ class Indexer:
             ends = await consumer.end_offsets(list(consumer.assignment()))
             end = {tp.partition: offset for tp, offset in ends.items()}
         while not stop.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size
-            )
+            batch = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch_size)
             records = [record for tp in sorted(batch, key=lambda tp: tp.partition) for record in batch[tp]]
             if records:
                 await self._apply(records)
-            self.caught_up = all(
-                (self._highwater(p) or 0) <= self.offsets.get(p, 0) for p in self._assigned()
-            )
+            self.caught_up = all((self._highwater(p) or 0) <= self.offsets.get(p, 0) for p in self._assigned())
             if self._snapshot_due():
                 await self._snapshot()
                 await self._commit(consumer)

@@ -183,9 +183,7 @@ class StreamProcessor:
             if self.options.create_topics:
                 config = self.config
                 await ensure_topics(config, [config.posts_topic, config.intentions_topic, config.dlq_topic])
-            self._consumer = await start_client(
-                self._make_consumer, what="consumer", wait=True, stop=self._stop
-            )
+            self._consumer = await start_client(self._make_consumer, what="consumer", wait=True, stop=self._stop)
             if self._consumer is None:
                 return self.stats
             log.info("stream_started", topic=self.config.posts_topic, group=self.config.group_id,

@@ -99,9 +99,7 @@ class Intention(BaseModel):
     score: float | None = Field(default=None, description="Verifier score in [0, 1]; None when not verified.")
     verified: bool = False
     attempts: int = Field(default=1, description="Generation rounds this relation took.")
-    parse_failed: bool = Field(
-        default=False, description="The completion had to be repaired or was unusable."
-    )
+    parse_failed: bool = Field(default=False, description="The completion had to be repaired or was unusable.")
 
 
 class SourceRef(BaseModel):
@@ -134,9 +132,7 @@ class IntentionEvent(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     status: Literal["ok", "partial"] = "ok"
     parse_failures: int = 0
-    warnings: list[str] = Field(
-        default_factory=list, description="Stages that degraded (e.g. an unusable image)."
-    )
+    warnings: list[str] = Field(default_factory=list, description="Stages that degraded (e.g. an unusable image).")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def verified_intentions(self) -> list[Intention]:

@@ -115,9 +115,7 @@ def verify_image(data: bytes, limits: ImageLimits) -> None:
                 width, height = image.size
                 if width * height > limits.max_pixels:
                     pixels = width * height
-                    raise ImageError(
-                        f"image is {width}x{height} = {pixels} pixels, over the {limits.max_pixels} limit"
-                    )
+                    raise ImageError(f"image is {width}x{height} = {pixels} pixels, over the {limits.max_pixels} limit")
                 image.load()
         except ImageError:
             raise
@@ -253,9 +251,7 @@ async def _fetch_following_redirects(url: str, limits: ImageLimits) -> bytes:
                         target = _check_url(urljoin(str(target), response.headers["location"]))
                         continue
                     if response.status_code != 200:
-                        raise ImageError(
-                            f"image fetch failed: HTTP {response.status_code} from {target.host}"
-                        )
+                        raise ImageError(f"image fetch failed: HTTP {response.status_code} from {target.host}")
                     data = await _read_limited(response, limits.max_bytes)
                     log.debug("image_fetched", host=target.host, bytes=len(data))
                     return data

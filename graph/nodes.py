@@ -85,9 +85,7 @@ class MikoNodes:
         model = self.deps.llm.bind(max_tokens=self.config.extract_max_new_tokens)
         reply = _content(await model.ainvoke(messages))
         # The template prefills "concept:"; a backend that continued it returns the rest of that line.
-        key_info, ok = parse_key_info(
-            reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}"
-        )
+        key_info, ok = parse_key_info(reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}")
         update: PostState = {"text": text, "key_info": key_info, "pending": list(Relation), "round": 0}
         if not ok:
             keywords = content_keywords(f"{text} {state.get('caption') or ''}")
@@ -114,9 +112,7 @@ class MikoNodes:
             accepted.append(cleaned.text)
             attempts = state.get("round", 0) + 1
             candidates.append(
-                Candidate(
-                    relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts
-                )
+                Candidate(relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts)
             )
         failures = sum(c["parse_failed"] for c in candidates)
         return {"candidates": candidates, "parse_failures": failures}
@@ -130,9 +126,7 @@ class MikoNodes:
         next_round = state.get("round", 0) + 1
         for candidate, score in zip(candidates, scores, strict=True):
             relation = candidate["relation"]
-            verified = self.config.verifier == "none" or (
-                score is not None and score >= self.config.threshold
-            )
+            verified = self.config.verifier == "none" or (score is not None and score >= self.config.threshold)
             verified = verified and not candidate["parse_failed"]
             intention = Intention(
                 relation=relation,

@@ -36,9 +36,7 @@ _MMSD_EMOJI = re.compile(r"\bemoji_\d+\b", re.IGNORECASE)
 _GLUED_HASH = re.compile(r"(#[^\W_]\w*)(?=#[^\W_])")  # "#Trains#TheGrind"
 _EMPTY_HASH = re.compile(r"#[ \t]*(?=#)")  # MMSD's "#  # dramaticthisweek"
 _HASHTAG = re.compile(r"(?<![\w&#])#[ \t]{0,3}([^\W_]\w*)")
-_CAMEL = re.compile(
-    r"(?<=[A-Za-z][a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z]{2})"
-)
+_CAMEL = re.compile(r"(?<=[A-Za-z][a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[A-Za-z])(?=\d)|(?<=\d)(?=[A-Za-z]{2})")
 _ELONGATED = re.compile(r"\b\w*([a-zA-Z])\1{2,}\w*\b")
 _LETTER_RUN = re.compile(r"([a-zA-Z])\1{2,}")
 _PUNCT_RUN = re.compile(r"([!?])[!? ]*[!?]|\.{4,}|,{2,}")
@@ -113,9 +111,7 @@ _ABBREVIATIONS: dict[str, str] = {
 }
 _ABBREVIATION = re.compile(
     r"(?<![\w@#'/-])("
-    + "|".join(
-        sorted((re.escape(key).replace("/", r"\s?/\s?") for key in _ABBREVIATIONS), key=len, reverse=True)
-    )
+    + "|".join(sorted((re.escape(key).replace("/", r"\s?/\s?") for key in _ABBREVIATIONS), key=len, reverse=True))
     + r")(?![\w'/@#-]|\.\w)",
     re.IGNORECASE,
 )
@@ -292,9 +288,7 @@ def content_keywords(text: str, k: int = 5) -> list[str]:
     """
     normalised = normalize_text(text)
     emoji_names = _emoji_names()
-    normalised = _PAREN_SPAN.sub(
-        lambda m: " " if m.group(1).lower() in emoji_names else m.group(0), normalised
-    )
+    normalised = _PAREN_SPAN.sub(lambda m: " " if m.group(1).lower() in emoji_names else m.group(0), normalised)
     for marker in MARKERS:
         normalised = normalised.replace(marker, " ")
     words = [w.lower() for w in _WORD.findall(normalised)]

@@ -39,9 +39,7 @@ _SENTENCE_END = re.compile(
 )
 _WORD = re.compile(r"[\w'-]+")
 _ALPHA = re.compile(r"[^\W\d_]")
-_PLACEHOLDER = re.compile(
-    r"^\s*(?:<[^>]*>|\[[^\]]*\]|\.{2,}|…|n/?a|none|null|nothing|unknown|tbd|-+)\s*$", re.I
-)
+_PLACEHOLDER = re.compile(r"^\s*(?:<[^>]*>|\[[^\]]*\]|\.{2,}|…|n/?a|none|null|nothing|unknown|tbd|-+)\s*$", re.I)
 _REFUSAL = re.compile(
     r"^\s*(?:i'?m sorry|sorry,|i (?:cannot|can't|can not|am unable|won't)|as an ai|i don'?t know\b)", re.I
 )
@@ -83,9 +81,7 @@ _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _KEYWORD_SPLIT = re.compile(r"\s*[,;|/\n]\s*|\s+(?:and)\s+|\s*#")
 
 _YES = frozenset({"yes", "yeah", "yep", "yup", "y", "true", "correct", "plausible", "acceptable", "sure"})
-_NO = frozenset(
-    {"no", "nope", "nah", "n", "false", "incorrect", "implausible", "unacceptable", "wrong", "not"}
-)
+_NO = frozenset({"no", "nope", "nah", "n", "false", "incorrect", "implausible", "unacceptable", "wrong", "not"})
 _NEGATED_YES = re.compile(
     r"\b(?:(?:not|isn't|neither|nor)\s+(?:\w+\s+){0,2}?|un|im)(?:plausible|typical|acceptable|likely)\b", re.I
 )
@@ -271,9 +267,7 @@ def _as_written(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def clean_completion(
-    raw: str, stem: str, *, previous: Sequence[str] = (), truncated: bool = False
-) -> Cleaned:
+def clean_completion(raw: str, stem: str, *, previous: Sequence[str] = (), truncated: bool = False) -> Cleaned:
     """The completion of ``stem`` inside a model's raw output.
 
     ``previous`` holds completions already accepted for the post's other relations: a near-copy of one fails.

@@ -53,9 +53,7 @@ class MikoPipeline:
         self.graph = build_graph(deps)
         self.info = PipelineInfo(models=models, prompt_version=deps.prompts.version)
         self.deadline_s = deadline_s
-        normalize_text(
-            "#WarmUp"
-        )  # loads the word-segmentation tables now, not inside the first post's deadline
+        normalize_text("#WarmUp")  # loads the word-segmentation tables now, not inside the first post's deadline
 
     async def process(self, post: Post, source: SourceRef | None = None) -> IntentionEvent:
         """Run the graph for one post; raises :class:`PostFailed` when it cannot produce an event."""
@@ -72,9 +70,7 @@ class MikoPipeline:
                 stage=DeadLetterStage.GRAPH,
             ) from error
         except GraphRecursionError as error:
-            raise PostFailed(
-                "graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH
-            ) from error
+            raise PostFailed("graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH) from error
         except Exception as error:
             attempts = self.deps.config.retry_attempts
             raise PostFailed(

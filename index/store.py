@@ -214,22 +214,14 @@ class IntentionStore:
         """{vector id: text} of the intentions ``changes`` adds or alters: the ones that need embedding."""
         return self._diff(_normalised(changes)).texts
 
-    def apply(
-        self, changes: Changes, embeddings: Mapping[int, np.ndarray], checkpoint: dict[str, Any]
-    ) -> None:
+    def apply(self, changes: Changes, embeddings: Mapping[int, np.ndarray], checkpoint: dict[str, Any]) -> None:
         """Apply one batch and adopt ``checkpoint`` with it; ``embeddings`` must cover ``plan(changes)``."""
         changes = _normalised(changes)
         diff = self._diff(changes)
         missing = [vid for vid in diff.add if vid not in embeddings]
         if missing:
-            raise ValueError(
-                f"{len(missing)} changed intentions have no embedding: call plan() and embed them"
-            )
-        added = (
-            np.stack([embeddings[vid] for vid in diff.add])
-            if diff.add
-            else np.zeros((0, self.dim), np.float32)
-        )
+            raise ValueError(f"{len(missing)} changed intentions have no embedding: call plan() and embed them")
+        added = np.stack([embeddings[vid] for vid in diff.add]) if diff.add else np.zeros((0, self.dim), np.float32)
         upserts = [doc for doc in changes.values() if doc is not None]
         vids = [[vector_id(doc.post_id, item.relation) for item in doc.intentions] for doc in upserts]
         deletes = [post_id for post_id, doc in changes.items() if doc is None]
@@ -267,16 +259,12 @@ class IntentionStore:
         fetch = k * (VECTORS_PER_RELATION_GUESS if relation else 1) + (16 if exclude_post else 0)
         while True:
             fetch = min(fetch, total)
-            results = (
-                self._hits(queries, fetch, k, relation, exclude_post) if fetch else [[] for _ in queries]
-            )
+            results = self._hits(queries, fetch, k, relation, exclude_post) if fetch else [[] for _ in queries]
             if fetch >= total or all(len(hits) >= k for hits in results):
                 return results
             fetch *= 4
 
-    def _hits(
-        self, queries: np.ndarray, fetch: int, k: int, relation: str | None, exclude: str | None
-    ) -> list:
+    def _hits(self, queries: np.ndarray, fetch: int, k: int, relation: str | None, exclude: str | None) -> list:
         scores, ids = self._vectors.search(queries, fetch)
         rows = self._metadata.intentions([int(vid) for vid in np.unique(ids) if vid >= 0])
         texts = self._metadata.post_texts(row[0] for row in rows.values())

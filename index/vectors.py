@@ -257,11 +257,7 @@ class HnswVectors:
 
 
 def create_vector_index(dim: int, config: VectorIndexConfig) -> VectorIndex:
-    return (
-        HnswVectors(dim, config)
-        if config.kind == "hnsw"
-        else FlatVectors(dim, search_threads=config.search_threads)
-    )
+    return HnswVectors(dim, config) if config.kind == "hnsw" else FlatVectors(dim, search_threads=config.search_threads)
 
 
 def load_vector_index(directory: Path, kind: IndexKind, dim: int, config: VectorIndexConfig) -> VectorIndex:

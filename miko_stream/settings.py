@@ -22,9 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIKO_", env_file=".env", extra="ignore")
 
     # models
-    llm: str = Field(
-        "smollm2", description="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<base_url>"
-    )
+    llm: str = Field("smollm2", description="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<base_url>")
     vision: str = Field("ocr", description="none | ocr | hf:<id or path> | openai:<model>@<base_url>")
     verifier: Literal["llm", "heuristic", "none"] = "llm"
     verify_threshold: float | None = Field(
@@ -45,9 +43,7 @@ class Settings(BaseSettings):
     max_image_bytes: int = 5 * 1024 * 1024
     image_fetch_timeout_s: float = 5.0
     image_fetch_private: bool = Field(False, description="Allow image URLs on private/loopback addresses.")
-    image_dir: Path | None = Field(
-        None, description="Folder that `path` images must be inside (none: paths refused)."
-    )
+    image_dir: Path | None = Field(None, description="Folder that `path` images must be inside (none: paths refused).")
 
     # kafka
     kafka_bootstrap: str = "127.0.0.1:9092"

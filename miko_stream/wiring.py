@@ -62,8 +62,6 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
     llm = build_chat_model(settings.llm, llm_config(settings))
     captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
     verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
-    deps = GraphDeps(
-        llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir)
-    )
+    deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
     models = ModelInfo(llm=settings.llm, vision=settings.vision, verifier=verifier)
     return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s)

@@ -64,9 +64,7 @@ async def collect(
     timeout_s: float = 60.0,
 ) -> list[Record]:
     """Read ``topics`` from the beginning until ``until(records)`` holds; fails the test on timeout."""
-    consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
@@ -96,9 +94,7 @@ async def create_topics(config: KafkaConfig) -> None:
 
 async def committed_offsets(bootstrap: str, config: KafkaConfig) -> dict[int, int | None]:
     """The processor group's committed position on each posts partition."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=config.group_id, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=config.group_id, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(config.posts_topic, p) for p in range(config.topic_partitions)]

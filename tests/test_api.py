@@ -82,10 +82,7 @@ def test_stats_health_metrics_and_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "indexer": "absent", "detail": None}
     client.get("/search", params={"q": "dog"})
     metrics = client.get("/metrics").text
-    assert (
-        "miko_index_vectors 8.0" in metrics
-        and 'miko_api_requests_total{endpoint="search",status="ok"}' in metrics
-    )
+    assert "miko_index_vectors 8.0" in metrics and 'miko_api_requests_total{endpoint="search",status="ok"}' in metrics
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/posts/{post_id}", "/similar/{post_id}", "/stats", "/healthz"} <= set(paths)
     assert client.get("/docs").status_code == 200

@@ -99,9 +99,7 @@ def test_sync_callers_from_threads_share_batches() -> None:
     engine = Recorder()
     batcher = MicroBatcher(engine, max_batch_size=16, max_wait_ms=100)
     results: dict[int, str] = {}
-    threads = [
-        threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.run(f"t{i}"))) for i in range(12)
-    ]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.run(f"t{i}"))) for i in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -43,9 +43,7 @@ def test_post_rejects_invalid(data: dict) -> None:
 
 def test_dead_letter_keeps_original_bytes() -> None:
     raw = b"\xff not json"
-    letter = DeadLetter.for_bytes(
-        raw, ValueError("bad"), DeadLetterStage.DECODE, topic="t", partition=0, offset=7
-    )
+    letter = DeadLetter.for_bytes(raw, ValueError("bad"), DeadLetterStage.DECODE, topic="t", partition=0, offset=7)
     again = DeadLetter.model_validate_json(letter.model_dump_json())
     assert again.original() == raw
     assert again.error_class == "ValueError" and again.stage == "decode"

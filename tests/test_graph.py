@@ -73,9 +73,7 @@ def test_rejected_relation_is_regenerated_then_accepted() -> None:
 
 
 def test_regenerate_loop_is_bounded() -> None:
-    event = run(
-        pipeline(judge_rejecting("the user needs to", always=True), max_rounds=2), Post(id="p4", text=TWEET)
-    )
+    event = run(pipeline(judge_rejecting("the user needs to", always=True), max_rounds=2), Post(id="p4", text=TWEET))
     need = next(i for i in event.intentions if i.relation == Relation.X_NEED)
     assert not need.verified and need.attempts == 3
     assert need.text, "the best rejected attempt is still reported"

@@ -237,9 +237,7 @@ async def test_redirect_to_disallowed_host_is_refused(
     server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Treat only 127.0.0.1 as "public" so the redirect target 127.0.0.2 plays the private host.
-    monkeypatch.setattr(
-        images, "_is_public_address", lambda address: address == ipaddress.ip_address("127.0.0.1")
-    )
+    monkeypatch.setattr(images, "_is_public_address", lambda address: address == ipaddress.ip_address("127.0.0.1"))
     with pytest.raises(ImageError, match=r"127\.0\.0\.2"):
         await load_image(ImageRef(url=_url(server, "/to-other-host")), ImageLimits())
     assert server.requests == ["/to-other-host"]  # type: ignore[attr-defined]

@@ -48,9 +48,7 @@ def minilm() -> SentenceTransformerEmbedder:
 
 
 @pytest.fixture(scope="module")
-def index(
-    minilm: SentenceTransformerEmbedder, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[IntentionIndex]:
+def index(minilm: SentenceTransformerEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IntentionIndex]:
     root = Path(tmp_path_factory.mktemp("quality"))
     opened = IntentionIndex.open(IndexSettings(root), minilm, writer=True)
     apply(opened, {post_id: make_doc(post_id, text, items) for post_id, (text, items) in POSTS.items()})

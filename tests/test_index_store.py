@@ -54,9 +54,7 @@ def test_redelivered_identical_event_embeds_nothing(tmp_path: Path) -> None:
     docs = sample_docs()
     apply(index, docs)
     assert index.store.plan(docs) == {}
-    changed = {
-        "p-goal": make_doc("p-goal", "x", {"xReact": "proud of the team winning the final", "oReact": "envy"})
-    }
+    changed = {"p-goal": make_doc("p-goal", "x", {"xReact": "proud of the team winning the final", "oReact": "envy"})}
     assert list(index.store.plan(changed).values()) == ["envy"]
 
 
@@ -88,9 +86,7 @@ def test_similar_returns_other_posts_best_pair_first(tmp_path: Path) -> None:
 
 def test_one_vector_per_relation_even_if_an_event_repeats_one(tmp_path: Path) -> None:
     index = open_index(tmp_path)
-    doc = PostDoc(
-        "p", "t", "{}", (IntentionDoc("xIntent", "first", 0.9), IntentionDoc("xIntent", "second", 0.8))
-    )
+    doc = PostDoc("p", "t", "{}", (IntentionDoc("xIntent", "first", 0.9), IntentionDoc("xIntent", "second", 0.8)))
     apply(index, {"p": doc})
     assert len(index.store) == 1
     assert index.search("first", k=1)[0].text == "first"
@@ -158,9 +154,7 @@ def test_searches_run_concurrently_with_the_writer(tmp_path: Path) -> None:
     for thread in threads:
         thread.start()
     for round_ in range(30):
-        apply(
-            index, {f"w{round_ % 7}": make_doc(f"w{round_ % 7}", "t", {"xWant": f"thing {round_}"})}, round_
-        )
+        apply(index, {f"w{round_ % 7}": make_doc(f"w{round_ % 7}", "t", {"xWant": f"thing {round_}"})}, round_)
     done.set()
     for thread in threads:
         thread.join()

@@ -20,9 +20,7 @@ def make_event(post_id: str, text: str, intentions: Intentions) -> IntentionEven
     for relation, value in intentions.items():
         body, verified = (value, True) if isinstance(value, str) else value
         items.append(
-            Intention(
-                relation=Relation(relation), text=body, score=0.9 if verified else 0.1, verified=verified
-            )
+            Intention(relation=Relation(relation), text=body, score=0.9 if verified else 0.1, verified=verified)
         )
     return IntentionEvent(
         post_id=post_id,

@@ -50,9 +50,7 @@ def test_decode_batch_keeps_the_last_state_of_each_post() -> None:
     a, b, e = decoded.changes["a"], decoded.changes["b"], decoded.changes["e"]
     assert a is not None and a.text == "second" and [i.relation for i in a.intentions] == ["xWant"]
     assert json.loads(a.document)["text"] == "second"
-    assert b is not None and [(i.relation, i.text, i.score) for i in b.intentions] == [
-        ("xIntent", "kept", 0.9)
-    ]
+    assert b is not None and [(i.relation, i.text, i.score) for i in b.intentions] == [("xIntent", "kept", 0.9)]
     assert e is not None and e.intentions == ()  # blank texts are not indexed, the post is still stored
 
 
@@ -95,9 +93,7 @@ async def produce(bootstrap: str, topic: str, records: list[Record]) -> None:
 
 async def new_topic(broker: EmbeddedBroker) -> KafkaConfig:
     name = f"intentions-{uuid.uuid4().hex[:8]}"
-    kafka = KafkaConfig(
-        bootstrap=broker.bootstrap, intentions_topic=name, topic_partitions=2, indexer_group_id=name
-    )
+    kafka = KafkaConfig(bootstrap=broker.bootstrap, intentions_topic=name, topic_partitions=2, indexer_group_id=name)
     await ensure_topics(kafka, [name])
     return kafka
 

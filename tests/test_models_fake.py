@@ -16,9 +16,7 @@ from graph.models.spec import LLMSpec, call_options, parse_llm_spec
 from prompts import load_prompts
 
 POST = "Just finished my first marathon!!! legs are dead but so happy #running"
-KEY_INFO = dict(
-    concept="marathon", action="finishing", object="race", emotion="joy", keywords="running, marathon"
-)
+KEY_INFO = dict(concept="marathon", action="finishing", object="race", emotion="joy", keywords="running, marathon")
 ROLE = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 
 
@@ -92,10 +90,7 @@ async def test_generate_continues_the_stem_and_varies_by_relation_and_post(model
     answers = [m.content for m in await model.abatch([generate_prompt(i) for i in range(10)])]
     assert all(a.startswith(" ") and a.strip() for a in answers)  # a continuation of the prefill
     assert len(set(answers)) >= 8
-    other = [
-        m.content
-        for m in await model.abatch([generate_prompt(i, "my cat stole my sandwich") for i in range(10)])
-    ]
+    other = [m.content for m in await model.abatch([generate_prompt(i, "my cat stole my sandwich") for i in range(10)])]
     assert other != answers
     assert answers == [m.content for m in await model.abatch([generate_prompt(i) for i in range(10)])]
 

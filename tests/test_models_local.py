@@ -86,9 +86,7 @@ def prompt(i: int, words: int = 3) -> list[BaseMessage]:
     return [SystemMessage("Complete the sentence."), HumanMessage(f"Post: {post}"), AIMessage(STEM)]
 
 
-async def test_concurrent_calls_coalesce_into_few_generate_calls(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+async def test_concurrent_calls_coalesce_into_few_generate_calls(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
     answers = await asyncio.gather(*(model.ainvoke(prompt(i), max_tokens=6) for i in range(12)))
     engine = model.handle.engine
@@ -98,9 +96,7 @@ async def test_concurrent_calls_coalesce_into_few_generate_calls(
     assert describe_llm(model) == f"hf:{tiny_model_dir}"
 
 
-async def test_batched_greedy_equals_unbatched_with_left_padding(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+async def test_batched_greedy_equals_unbatched_with_left_padding(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
     prompts = [prompt(i, words=1 + 3 * i) for i in range(5)]  # different lengths -> padding
     alone = [(await model.ainvoke(p, max_tokens=8)).content for p in prompts]
@@ -174,9 +170,7 @@ async def test_a_bad_request_fails_only_itself(tiny_model_dir: Path, tmp_path: P
 async def test_yes_probability_from_logits_in_the_same_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
     assert isinstance(model, YesNoScorer)
-    questions = [
-        [SystemMessage("Answer yes or no."), HumanMessage(f"Post: happy race {i}?")] for i in range(4)
-    ]
+    questions = [[SystemMessage("Answer yes or no."), HumanMessage(f"Post: happy race {i}?")] for i in range(4)]
     alone = [(await model.ayes_probability([q]))[0] for q in questions]
     batches_before = model.handle.batcher.stats.batches
     together, answers = await asyncio.gather(

@@ -38,9 +38,7 @@ def completion(body: dict[str, Any], state: StubState) -> dict[str, Any]:
     if body.get("logprobs") and state.offer_logprobs:
         top = [("Yes", 0.6), (" yes", 0.1), ("No", 0.2), ("Maybe", 0.1)]
         entries = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]
-        logprobs = {
-            "content": [{"token": "Yes", "logprob": math.log(0.6), "bytes": None, "top_logprobs": entries}]
-        }
+        logprobs = {"content": [{"token": "Yes", "logprob": math.log(0.6), "bytes": None, "top_logprobs": entries}]}
     return {
         "id": "cmpl-1",
         "object": "chat.completion",
@@ -121,9 +119,7 @@ async def test_many_requests_in_flight_but_bounded(stub: tuple[str, StubState], 
     assert 1 < state.max_in_flight <= 4
 
 
-async def test_prefill_is_sent_as_the_last_assistant_message(
-    stub: tuple[str, StubState], tmp_path: Path
-) -> None:
+async def test_prefill_is_sent_as_the_last_assistant_message(stub: tuple[str, StubState], tmp_path: Path) -> None:
     url, state = stub
     stem = "After posting this, the user wants to"
     plain = build(url, tmp_path)
@@ -167,9 +163,7 @@ def test_yes_probability_parsing_edge_cases() -> None:
     assert yes_probability_from_logprobs(None) is None
     assert yes_probability_from_logprobs({"content": []}) is None
     only_other = {
-        "content": [
-            {"token": "Maybe", "logprob": -0.1, "top_logprobs": [{"token": "Maybe", "logprob": -0.1}]}
-        ]
+        "content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": [{"token": "Maybe", "logprob": -0.1}]}]
     }
     assert yes_probability_from_logprobs(only_other) is None
     no_top = {"content": [{"token": "No", "logprob": -0.5, "top_logprobs": []}]}

@@ -166,9 +166,7 @@ def test_content_keywords_rank_by_frequency_then_order() -> None:
 
 
 def test_content_keywords_drop_markers_emoji_and_handles() -> None:
-    keywords = content_keywords(
-        "@JohnSmith <user> loved the concert 😂 emoji_3 https://t.co/x #GreatNight <num>"
-    )
+    keywords = content_keywords("@JohnSmith <user> loved the concert 😂 emoji_3 https://t.co/x #GreatNight <num>")
     assert keywords == ["loved", "concert", "great", "night"]
 
 

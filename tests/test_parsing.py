@@ -148,9 +148,7 @@ def test_clean_completion_never_raises_on_odd_input() -> None:
 
 
 def test_repaired_flag() -> None:
-    assert clean_completion(" share the news.", X_WANT) == Cleaned(
-        "share the news", repaired=False, failed=False
-    )
+    assert clean_completion(" share the news.", X_WANT) == Cleaned("share the news", repaired=False, failed=False)
     assert clean_completion("Share the news", X_WANT).repaired is False  # only the case of the first letter
     assert clean_completion('"share the news"', X_WANT).repaired is True
     assert clean_completion("to share the news", X_WANT).repaired is True

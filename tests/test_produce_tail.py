@@ -36,9 +36,7 @@ def write_lines(path: Path) -> Path:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command line in a process of its own (its logging setup must not leak into this one)."""
-    return subprocess.run(
-        [sys.executable, "-m", "miko_stream", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "miko_stream", *args], capture_output=True, text=True, timeout=120)
 
 
 def invoke(*args: str) -> str:
@@ -47,9 +45,7 @@ def invoke(*args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"), [("50", 50.0), ("50/s", 50.0), ("2.5/s", 2.5), (" 7 /s ", 7.0)]
-)
+@pytest.mark.parametrize(("text", "expected"), [("50", 50.0), ("50/s", 50.0), ("2.5/s", 2.5), (" 7 /s ", 7.0)])
 def test_parse_rate(text: str, expected: float) -> None:
     assert parse_rate(text) == expected
 
@@ -76,8 +72,7 @@ def test_produce_sends_each_line_unchanged_keyed_by_id(kafka_broker: EmbeddedBro
     records = asyncio.run(collect(config.bootstrap, [config.posts_topic], lambda r: len(r) >= 6))
     by_value = {record.value: record.key for record in records}
     expected = {
-        line.rstrip(b"\r"): key
-        for line, key in zip(LINES, [b"a1", b"42", b"a3", None, None, None, b"a6"], strict=True)
+        line.rstrip(b"\r"): key for line, key in zip(LINES, [b"a1", b"42", b"a3", None, None, None, b"a6"], strict=True)
     }
     del expected[b"   "]  # blank lines are not records
     assert by_value == expected
@@ -90,9 +85,7 @@ def test_produce_reports_a_missing_file(tmp_path: Path) -> None:
 
 def test_tail_prints_values_and_tombstones(kafka_broker: EmbeddedBroker) -> None:
     config = unique_config(kafka_broker.bootstrap)
-    asyncio.run(
-        produce(config.bootstrap, config.intentions_topic, [(b"k1", b'{"post_id": "k1"}'), (b"k2", None)])
-    )
+    asyncio.run(produce(config.bootstrap, config.intentions_topic, [(b"k1", b'{"post_id": "k1"}'), (b"k2", None)]))
     out = invoke(
         "tail",
         "--bootstrap",
@@ -112,9 +105,7 @@ def test_tail_prints_values_and_tombstones(kafka_broker: EmbeddedBroker) -> None
 
 def test_tail_stops_after_an_idle_timeout(kafka_broker: EmbeddedBroker) -> None:
     config = unique_config(kafka_broker.bootstrap)
-    out = invoke(
-        "tail", "--bootstrap", config.bootstrap, "--topic", config.intentions_topic, "--idle-timeout", "1"
-    )
+    out = invoke("tail", "--bootstrap", config.bootstrap, "--topic", config.intentions_topic, "--idle-timeout", "1")
     assert out == ""
 
 

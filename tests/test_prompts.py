@@ -17,9 +17,7 @@ def test_relations_in_miko_order_with_stems() -> None:
 
 
 def test_one_template_per_node() -> None:
-    assert (
-        set(load_prompts().templates) == set(TEMPLATE_NAMES) == {"caption", "extract", "generate", "verify"}
-    )
+    assert set(load_prompts().templates) == set(TEMPLATE_NAMES) == {"caption", "extract", "generate", "verify"}
 
 
 def test_version_is_a_content_hash(tmp_path: Path) -> None:

@@ -45,9 +45,7 @@ class GraphGaveUp(Exception):
 class ScriptedProcessor:
     """Echoes posts into events; can be slow, held at a gate, fail or hang for chosen ids."""
 
-    def __init__(
-        self, delay_s: float = 0.0, fail: set[str] | None = None, hang: set[str] | None = None
-    ) -> None:
+    def __init__(self, delay_s: float = 0.0, fail: set[str] | None = None, hang: set[str] | None = None) -> None:
         self.delay_s = delay_s
         self.fail = fail or set()
         self.hang = hang or set()
@@ -68,9 +66,7 @@ class ScriptedProcessor:
             await asyncio.sleep(self.delay_s)
             if post.id in self.fail:
                 raise GraphGaveUp("the model kept timing out", DeadLetterStage.GRAPH, attempts=3)
-            return IntentionEvent(
-                post_id=post.id, source=source, text=post.text, models=MODELS, prompt_version="t"
-            )
+            return IntentionEvent(post_id=post.id, source=source, text=post.text, models=MODELS, prompt_version="t")
         finally:
             self.active -= 1
 
@@ -161,9 +157,7 @@ async def test_backpressure_bounds_in_flight_and_keeps_the_group_membership(
             await asyncio.sleep(0.05)
     assert processor.peak == 4, "bounded in-flight, and the bound is used"
     assert paused_seen
-    assert stream.stats.rebalances == 0, (
-        "the group kept this consumer although each post outlived the poll interval"
-    )
+    assert stream.stats.rebalances == 0, "the group kept this consumer although each post outlived the poll interval"
     assert processor.calls == Counter({f"s{i}": 1 for i in range(8)})
     assert await committed_offsets(bootstrap, config) == {0: 8}
 
@@ -240,14 +234,10 @@ async def test_partitions_move_between_two_processors(kafka_broker: EmbeddedBrok
         await produce(bootstrap, config.posts_topic, [(key.encode(), post_line(key)) for key in ids[:30]])
         await wait_until(lambda: stream_a.stats.processed >= 5, what="the first member to work")
         async with running(stream_b):
-            await wait_until(
-                lambda: bool(stream_b.assignment()) and bool(stream_a.assignment()), what="rebalance"
-            )
+            await wait_until(lambda: bool(stream_b.assignment()) and bool(stream_a.assignment()), what="rebalance")
             assert not stream_a.assignment() & stream_b.assignment()
             await produce(bootstrap, config.posts_topic, [(key.encode(), post_line(key)) for key in ids[30:]])
-            records = await collect(
-                bootstrap, outputs_of(config), lambda r: len({x.key for x in r}) >= len(ids)
-            )
+            records = await collect(bootstrap, outputs_of(config), lambda r: len({x.key for x in r}) >= len(ids))
             await wait_until(lambda: stream_a.stats.in_flight == 0, what="the first member to finish")
     outputs = Outputs.read(records, config)
     assert set(outputs.events) == set(ids)

@@ -74,9 +74,7 @@ async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBr
 
     assert set(outputs.events) == valid, "every valid post has an event"
     assert set(outputs.dead_originals()) == invalid, "every invalid input has a dead letter"
-    duplicates = sum(n - 1 for n in outputs.events.values()) + sum(
-        n - 1 for n in outputs.dead_originals().values()
-    )
+    duplicates = sum(n - 1 for n in outputs.events.values()) + sum(n - 1 for n in outputs.dead_originals().values())
     print(
         f"crash test: {len(records)} inputs ({len(valid)} valid, {len(invalid)} invalid), 2 SIGKILLs + restart: "
         f"{sum(outputs.events.values())} events for {len(outputs.events)} posts, "
@@ -85,9 +83,7 @@ async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBr
     assert Counter(letter.stage for letter in outputs.dead_letters).keys() <= {"decode", "validate", "limits"}
 
 
-async def test_sigterm_drains_and_neither_loses_nor_duplicates(
-    kafka_broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+async def test_sigterm_drains_and_neither_loses_nor_duplicates(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = unique_config(kafka_broker.bootstrap)
     await create_topics(config)
     records, valid, invalid = make_inputs(120, invalid_share=0.0, seed=3)

@@ -58,9 +58,7 @@ def test_credentials_in_base_url_stay_out_of_the_spec() -> None:
     assert captioner.spec == "openai:llava@http://127.0.0.1:8001/v1"
 
 
-@pytest.mark.parametrize(
-    "spec", ["blip", "hf:", "openai:llava", "openai:@http://x/v1", "ocr:fast", "tesseract"]
-)
+@pytest.mark.parametrize("spec", ["blip", "hf:", "openai:llava", "openai:@http://x/v1", "ocr:fast", "tesseract"])
 def test_unknown_specs_list_the_accepted_forms(spec: str) -> None:
     with pytest.raises(ModelSpecError) as error:
         build_captioner(spec)

@@ -9,6 +9,12 @@ fill a batch of up to ``max_batch_size``, and routes each result or exception ba
 The batcher knows nothing of models: it calls ``run_batch(requests) -> results`` where each result is a value
 or an exception for that request alone. If ``run_batch`` itself raises, the batch is retried one request at a
 time so that a single bad request fails only its own caller.
+
+An optional ``batch_key`` says which requests can share one ``run_batch`` call (e.g. scoring passes versus
+generation with a given token budget). A collected batch then holds up to ``max_batch_size`` requests *per
+key*; each key's group is run as its own call, oldest group first, and its callers get their results as soon
+as that call returns. Requests that do not fit wait, in arrival order, for the next batch. This keeps every
+model call full of one kind of work instead of splitting ``max_batch_size`` between kinds.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import concurrent.futures
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -30,6 +37,7 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 RunBatch = Callable[[Sequence[Req]], Sequence[Res | BaseException]]
+BatchKey = Callable[[Req], Hashable]
 
 
 class BatcherClosedError(RuntimeError):
@@ -76,6 +84,7 @@ class MicroBatcher(Generic[Req, Res]):
         max_wait_ms: float = 15.0,
         name: str = "model",
         on_worker_start: Callable[[], None] | None = None,
+        batch_key: BatchKey[Req] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -87,7 +96,9 @@ class MicroBatcher(Generic[Req, Res]):
         self.name = name
         self.stats = BatcherStats()
         self._on_worker_start = on_worker_start
+        self._batch_key = batch_key
         self._queue: queue.SimpleQueue[_Job[Req, Res] | object] = queue.SimpleQueue()
+        self._held: deque[_Job[Req, Res]] = deque()  # worker thread only: jobs left over from the last batch
         self._lock = threading.Lock()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -138,34 +149,57 @@ class MicroBatcher(Generic[Req, Res]):
             except Exception as error:  # a tuning hook must not take the worker down
                 log.warning("batcher_start_hook_failed", batcher=self.name, error=repr(error))
         stopping = False
-        while not stopping:
-            first = self._queue.get()
+        while not stopping or self._held:
+            first = self._held.popleft() if self._held else self._queue.get()
             if first is _STOP:
-                break
-            batch, stopping = self._collect(first)  # type: ignore[arg-type]
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            self.stats.cancelled += len(batch) - len(live)
-            if live:
-                self.stats.record(len(live))
-                self._execute(live)
+                stopping = True
+                continue
+            groups, stop_seen = self._collect(first)  # type: ignore[arg-type]
+            stopping = stopping or stop_seen
+            live_groups = [[job for job in group if job.future.set_running_or_notify_cancel()] for group in groups]
+            size = sum(map(len, live_groups))
+            self.stats.cancelled += sum(map(len, groups)) - size
+            if size:
+                self.stats.record(size)
+            for live in live_groups:
+                if live:
+                    self._execute(live)
 
-    def _collect(self, first: _Job[Req, Res]) -> tuple[list[_Job[Req, Res]], bool]:
-        """Fill a batch until it is full or ``max_wait`` has passed since the *oldest* request arrived.
+    def _key(self, job: _Job[Req, Res]) -> Hashable:
+        return None if self._batch_key is None else self._batch_key(job.request)
 
-        Requests that queued while the model was busy are therefore taken at once, without extra waiting.
+    def _collect(self, first: _Job[Req, Res]) -> tuple[list[list[_Job[Req, Res]]], bool]:
+        """Fill a batch until the oldest request's group is full or ``max_wait`` has passed since it arrived.
+
+        Requests held over from the previous batch and requests that queued while the model was busy are
+        therefore taken at once, without extra waiting. Groups come out oldest first.
         """
-        batch = [first]
+        groups: dict[Hashable, list[_Job[Req, Res]]] = {self._key(first): [first]}
+        leading = groups[self._key(first)]
+        held, self._held = self._held, deque()
+
+        def place(job: _Job[Req, Res]) -> None:
+            group = groups.setdefault(self._key(job), [])
+            if len(group) < self.max_batch_size:
+                group.append(job)
+            else:
+                self._held.append(job)
+
+        for job in held:
+            place(job)
         deadline = first.enqueued + self.max_wait_s
-        while len(batch) < self.max_batch_size:
+        stop_seen = False
+        while len(leading) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
-                return batch, True
-            batch.append(item)  # type: ignore[arg-type]
-        return batch, False
+                stop_seen = True
+                break
+            place(item)  # type: ignore[arg-type]
+        return [group for group in groups.values() if group], stop_seen
 
     def _execute(self, jobs: list[_Job[Req, Res]]) -> None:
         try:

@@ -215,9 +215,7 @@ class FakeChatModel(BaseChatModel):
             self._calls += 1
             return self._pending.popleft() if self._pending else None
 
-    def _answer(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> ChatResult:
+    def _answer(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatResult:
         options = call_options(stop, kwargs, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
         raw = self.script(messages) if self.script is not None else scripted_output(messages)
         text, finish = apply_call_options(raw, options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,6 +164,16 @@ class TransformersEngine:
         self.no_ids = _single_token_ids(tokenizer, NO_VARIANTS)
         self.generate_calls = 0
         self.score_calls = 0
+
+    @staticmethod
+    def batch_key(request: LocalRequest) -> Hashable:
+        """Which requests share a model call: scoring passes apart from generation, and generation by
+        temperature and token-budget band (a 24-token row must not wait in a decode loop for a 72-token one).
+        """
+        if isinstance(request, ScoreRequest):
+            return ("score",)
+        budget_band = max(0, ((request.options.max_new_tokens - 1).bit_length() - 4) // 2)  # <=32, <=128, ...
+        return ("generate", request.options.temperature, budget_band)
 
     def on_worker_start(self) -> None:
         """Set torch's thread count in the thread that runs the model (OpenMP settings are per thread)."""
@@ -433,6 +443,7 @@ class LocalEngineHandle:
             max_wait_ms=max_wait_ms,
             name=name,
             on_worker_start=engine.on_worker_start,
+            batch_key=engine.batch_key,
         )
 
     def close(self) -> None:

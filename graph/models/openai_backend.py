@@ -130,9 +130,7 @@ class OpenAICompatibleChatModel(BaseChatOpenAI):
     ) -> ChatResult:
         messages = _drop_empty_prefill(messages)
         async with self._gate():
-            return await super()._agenerate(
-                messages, stop, run_manager, **self._call_kwargs(messages, kwargs)
-            )
+            return await super()._agenerate(messages, stop, run_manager, **self._call_kwargs(messages, kwargs))
 
     async def _yes_probability(self, conversation: Sequence[BaseMessage]) -> float | None:
         if self._logprobs_offered is False:

@@ -49,9 +49,7 @@ def _local_source(spec: LLMSpec, config: LLMConfig) -> str:
     if spec.kind == "smollm2":
         folder = smollm2.converted_dir(config.cache_dir)
         if not smollm2.is_converted(folder):
-            folder = smollm2.ensure_smollm2(
-                config.cache_dir, status=lambda line: log.info("smollm2", step=line)
-            )
+            folder = smollm2.ensure_smollm2(config.cache_dir, status=lambda line: log.info("smollm2", step=line))
         return str(folder)
     path = Path(spec.target).expanduser()
     if path.suffix == ".gguf":

