@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 
 import structlog
@@ -58,31 +59,19 @@ class MikoPipeline:
     async def process(self, post: Post, source: SourceRef | None = None) -> IntentionEvent:
         """Run the graph for one post; raises :class:`PostFailed` when it cannot produce an event."""
         started = time.perf_counter()
-        structlog.contextvars.bind_contextvars(post_id=post.id)
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                state: PostState = await self.graph.ainvoke({"post": post}, {"recursion_limit": 50})
-        except TimeoutError as error:
-            raise PostFailed(
-                f"post ran past its {self.deadline_s}s deadline",
-                cause=error,
-                attempts=1,
-                stage=DeadLetterStage.GRAPH,
-            ) from error
-        except GraphRecursionError as error:
-            raise PostFailed("graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH) from error
-        except Exception as error:
-            attempts = self.deps.config.retry_attempts
-            raise PostFailed(
-                f"{type(error).__name__}: {error}",
-                cause=error,
-                attempts=attempts,
-                stage=DeadLetterStage.GRAPH,
-            ) from error
-        finally:
-            structlog.contextvars.unbind_contextvars("post_id")
-        event = self.to_event(post, state, source)
-        event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+        with structlog.contextvars.bound_contextvars(post_id=post.id, trace_id=uuid.uuid4().hex[:16]):
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    state: PostState = await self.graph.ainvoke({"post": post}, {"recursion_limit": 50})
+            except Exception as error:
+                failure = _as_failure(error, self.deadline_s, self.deps.config.retry_attempts)
+                log.warning("post_failed", error=str(failure), attempts=failure.attempts)
+                raise failure from error
+            event = self.to_event(post, state, source)
+            event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+            log.info(
+                "post_done", status=event.status, ms=event.timings_ms["total"], parse_failures=event.parse_failures
+            )
         return event
 
     async def aclose(self) -> None:
@@ -111,3 +100,14 @@ class MikoPipeline:
             parse_failures=state.get("parse_failures", 0),
             warnings=list(state.get("degraded", [])),
         )
+
+
+def _as_failure(error: Exception, deadline_s: float, retry_attempts: int) -> PostFailed:
+    """What goes into the dead letter: the deadline, a runaway loop, or the error left after retries."""
+    if isinstance(error, TimeoutError):
+        message, attempts = f"post ran past its {deadline_s}s deadline", 1
+    elif isinstance(error, GraphRecursionError):
+        message, attempts = "graph did not converge", 1
+    else:
+        message, attempts = f"{type(error).__name__}: {error}", retry_attempts
+    return PostFailed(message, cause=error, attempts=attempts, stage=DeadLetterStage.GRAPH)
