@@ -7,6 +7,7 @@ from pathlib import Path
 from graph.contracts import ModelInfo
 from graph.images import ImageLimits
 from graph.models.registry import LLMConfig, build_chat_model
+from graph.models.spec import without_credentials
 from graph.models.vision import build_captioner
 from graph.nodes import GraphConfig, GraphDeps
 from graph.pipeline import MikoPipeline
@@ -63,5 +64,9 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
     captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
     verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
     deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
-    models = ModelInfo(llm=settings.llm, vision=settings.vision, verifier=verifier)
+    models = ModelInfo(
+        llm=without_credentials(settings.llm),
+        vision=without_credentials(settings.vision),
+        verifier=without_credentials(verifier),
+    )
     return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s)

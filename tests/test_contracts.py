@@ -58,3 +58,13 @@ def test_event_round_trips() -> None:
     )
     assert IntentionEvent.model_validate_json(event.model_dump_json()) == event
     assert event.schema_version == "1.0"
+
+
+def test_events_never_carry_credentials_from_model_specs() -> None:
+    from miko_stream.settings import Settings
+    from miko_stream.wiring import build_pipeline
+
+    spec = "openai:gpt-x@https://bob:s3cret@models.example/v1"
+    pipeline = build_pipeline(Settings(llm=spec, vision="none", verifier="heuristic"))
+    assert "s3cret" not in pipeline.info.models.model_dump_json()
+    assert pipeline.info.models.llm == "openai:gpt-x@https://models.example/v1"

@@ -5,6 +5,7 @@ One string picks the text model everywhere (CLI, env, events), so its grammar li
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,3 +110,11 @@ def call_options(
         stop=tuple(s for s in (stops or ()) if s),  # type: ignore[union-attr]
         temperature=temperature if temp is None else float(temp),  # type: ignore[arg-type]
     )
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def without_credentials(text: str) -> str:
+    """A spec or URL as it may appear in events and logs: any ``user:password@`` part removed."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>", text)

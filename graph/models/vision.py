@@ -16,7 +16,6 @@ import io
 import re
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -24,6 +23,7 @@ from PIL import Image
 
 from graph.contracts import CaptionSource
 from graph.models.base import Captioner, CaptionResult, ModelSpecError
+from graph.models.spec import without_credentials
 from prompts import load_prompts
 
 log = structlog.get_logger(__name__)
@@ -180,14 +180,6 @@ def caption_messages(image: bytes, post_text: str) -> list[BaseMessage]:
     return messages
 
 
-def _without_credentials(url: str) -> str:
-    """The base URL as it may appear in events and logs: no user:password part."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 class OpenAICaptioner:
     """An OpenAI-compatible chat model that accepts images (``image_url`` content parts with a data: URI)."""
 
@@ -202,7 +194,7 @@ class OpenAICaptioner:
     ) -> None:
         from langchain_openai import ChatOpenAI
 
-        self.spec = f"openai:{model}@{_without_credentials(base_url)}"
+        self.spec = f"openai:{model}@{without_credentials(base_url)}"
         self._chat = ChatOpenAI(
             model=model,
             base_url=base_url,
