@@ -30,6 +30,9 @@ def main(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that spin while waiting steal the CPU from the event loop and the other model thread;
+    # read when torch loads, which every command does lazily, after this.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     configure_logging(log_level, json=log_format != "console")
 
 
