@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from pydantic import ConfigDict, PrivateAttr
 from graph.contracts import IntentionEvent, Post
 from graph.intake import InputLimits, IntakeError, decode_post
 from graph.models.local import CallTrace, LocalChatModel, LocalEngineHandle, TransformersEngine
+from graph.models.prefix import PrefixCache
 from graph.models.spec import CallOptions
 from graph.pipeline import MikoPipeline, PostFailed
 
@@ -124,6 +125,23 @@ class Recorder:
     @property
     def model_seconds(self) -> float:
         return sum(t.seconds for t in self.traces)
+
+    def breakdown(self) -> list[str]:
+        """Per kind of call (scoring, or generation with a given token budget): where the model time went."""
+        kinds: dict[str, list[CallTrace]] = {}
+        for trace in self.traces:
+            budget = max((o.max_new_tokens for o in trace.options), default=0)
+            kinds.setdefault(f"{trace.kind}" + (f" (max {budget} new)" if budget else ""), []).append(trace)
+        lines = []
+        for name, traces in sorted(kinds.items()):
+            rows = sum(len(t.prompts) for t in traces)
+            steps = sum(max((c.completion_tokens for c in t.completions), default=0) for t in traces)
+            new = sum(c.completion_tokens for t in traces for c in t.completions)
+            lines.append(
+                f"{name:22} {len(traces):4} calls {rows:5} rows {sum(t.prefill_tokens for t in traces):7} prefilled "
+                f"{new:6} new tokens in {steps:5} decode steps {sum(t.seconds for t in traces):7.1f}s"
+            )
+        return lines
 
     def summary(self) -> str:
         generate, score = self.of("generate"), self.of("score")
@@ -236,7 +254,7 @@ class GenerateResult:
 
     def describe(self, batch_size: int) -> str:
         return (
-            f"(c) bare generate: {self.prompts} prompts in {self.batches} calls of <= {batch_size}: "
+            f"(c) bare generate: {self.prompts} of (b)'s prompts in {self.batches} calls of <= {batch_size}: "
             f"{self.tokens} generated tokens in {self.seconds:.1f}s = {self.tokens_per_s:.1f} tokens/s"
         )
 
@@ -249,17 +267,23 @@ def count_generated(row: Sequence[int], finished_ids: set[int]) -> int:
     return len(row)
 
 
-def bare_generate(engine: TransformersEngine, traces: Sequence[CallTrace], batch_size: int) -> GenerateResult:
-    """Replay the prompts of ``traces`` with plain ``model.generate``: same budgets and stops, greedy."""
+def bare_generate(
+    engine: TransformersEngine, traces: Sequence[CallTrace], batch_size: int, limit: int
+) -> GenerateResult:
+    """Replay the prompts of ``traces`` with plain ``model.generate``: same budgets and stops, greedy.
+
+    At most ``limit`` prompts, taken at an even stride so the mix of kinds (extract, generate) is (b)'s.
+    """
     import torch
     from transformers import GenerationConfig
 
     from graph.models.prefix import left_pad
 
+    calls = [(p, o) for t in traces for p, o in zip(t.prompts, t.options, strict=True)]
+    stride = max(1, -(-len(calls) // max(limit, 1)))
     groups: dict[tuple[int, tuple[str, ...]], list[tuple[int, ...]]] = {}
-    for trace in traces:
-        for prompt, options in zip(trace.prompts, trace.options, strict=True):
-            groups.setdefault(_bare_key(options), []).append(prompt)
+    for prompt, options in calls[::stride]:
+        groups.setdefault(_bare_key(options), []).append(prompt)
     finished = {*engine.eos_ids, engine.pad_id}
     tokens = batches = prompts = 0
     seconds = 0.0
@@ -359,7 +383,10 @@ def build_pipelines(args: argparse.Namespace) -> tuple[MikoPipeline, MikoPipelin
         raise SystemExit(f"--llm {args.llm} is not a local model; this bench measures smollm2 or hf:<folder>")
     engine = model.handle.engine
     if not args.share_prefixes:
-        engine.sharing = None
+        engine.sharing = engine.prefix_cache = None
+    elif args.prefix_cache_mb is not None and engine.sharing is not None:
+        engine.sharing = replace(engine.sharing, cache_mb=args.prefix_cache_mb)
+        engine.prefix_cache = PrefixCache(int(args.prefix_cache_mb * 2**20)) if args.prefix_cache_mb > 0 else None
     alone = LocalEngineHandle(engine, max_batch_size=1, max_wait_ms=0, name=f"{args.llm}-sequential")
     serial = SerialChatModel(inner=model.model_copy(update={"handle": alone}))
     deps = GraphDeps(
@@ -381,6 +408,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--verifier", choices=["llm", "heuristic", "none"], default="llm")
     parser.add_argument("--max-rounds", type=int, default=None, help="default: MIKO_MAX_ROUNDS")
     parser.add_argument("--no-share-prefixes", dest="share_prefixes", action="store_false")
+    parser.add_argument("--prefix-cache-mb", type=float, default=None, help="default: the engine's")
+    parser.add_argument(
+        "--generate-prompts", type=int, default=480, help="replay at most this many of (b)'s prompts in (c)"
+    )
     parser.add_argument("--cold-starts", type=int, default=2, help="fresh-process starts; the last is reported")
     parser.add_argument("--skip", action="append", default=[], choices=["a", "b", "c", "cold"])
     parser.add_argument("--verbose", action="store_true", help="print every model call of (b)")
@@ -416,6 +447,11 @@ async def run_phases(
         b = await run_phase("(b) pipeline", pipeline, engine, posts[: args.posts], args.max_in_flight)
         stats = pipeline.deps.llm.handle.batcher.stats  # type: ignore[attr-defined]
         print(b.describe(), f"\n    batcher: {stats.batches} batches, largest {stats.largest_batch}", flush=True)
+        for line in b.recorder.breakdown():
+            print(f"    {line}")
+        cache = engine.prefix_cache
+        if cache is not None:
+            print(f"    prefix cache: {cache.stats} holding {len(cache)} prefixes, {cache.bytes / 2**20:.0f} MB")
         if args.verbose:
             for trace in b.recorder.traces:
                 used = [c.completion_tokens for c in trace.completions]
@@ -453,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     a, b = asyncio.run(run_phases(args, sequential, pipeline, engine, posts))
     c = None
     if b is not None and "c" not in args.skip:
-        c = bare_generate(engine, b.recorder.of("generate"), args.max_batch_size)
+        c = bare_generate(engine, b.recorder.of("generate"), args.max_batch_size, args.generate_prompts)
         print(c.describe(args.max_batch_size), flush=True)
     if cold:
         last = cold[-1]

@@ -25,6 +25,7 @@ from pydantic import ConfigDict
 
 from graph.models.batcher import MicroBatcher
 from graph.models.prefix import (
+    PrefixCache,
     PrefixPlan,
     SharingPolicy,
     left_pad,
@@ -151,6 +152,9 @@ class TransformersEngine:
         self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
         self.sharing = sharing
         """Prefill prompts that share a prefix once per batch (None: every row in full)."""
+        self.prefix_cache = (
+            PrefixCache(int(sharing.cache_mb * 2**20)) if sharing is not None and sharing.cache_mb > 0 else None
+        )
         self.observer: CallObserver | None = None
         """Called on the worker thread after every model call; must be quick and must not raise."""
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
@@ -241,8 +245,8 @@ class TransformersEngine:
         """A shared-prefix plan when some rows share one, else None (plain left-padded batch)."""
         if self.sharing is None or len(rows) < 2:
             return None
-        plan = plan_prefixes(rows, self.sharing)
-        return plan if plan.shares else None
+        plan = plan_prefixes(rows, self.sharing, self.prefix_cache)
+        return plan if plan.worthwhile else None
 
     def _notify(
         self,
@@ -282,12 +286,12 @@ class TransformersEngine:
                 input_ids=ids, attention_mask=mask, position_ids=positions(mask), logits_to_keep=1
             ).logits
         else:
-            shared = prefill_prefixes(self.model, plan, self.pad_id)
+            shared = prefill_prefixes(self.model, plan, self.pad_id, self.prefix_cache)
             logits = self.model(
                 input_ids=shared.suffix_ids,
                 attention_mask=shared.attention_mask,
                 position_ids=shared.suffix_positions,
-                cache=shared.cache,
+                cache=shared.cache(self.model),
                 use_cache=True,
                 logits_to_keep=1,
             ).logits
@@ -302,19 +306,19 @@ class TransformersEngine:
     def _generate(
         self, rows: Sequence[list[int]], options: Sequence[CallOptions], temperature: float
     ) -> list[Completion]:
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, StaticCache, StoppingCriteriaList
 
         self.generate_calls += 1
         started = time.perf_counter()
         plan = self._plan(rows)
-        cache = None
+        budgets = [o.max_new_tokens for o in options]
         if plan is None:
             ids, mask = left_pad(rows, self.pad_id)
+            cache = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + max(budgets))
         else:
-            shared = prefill_prefixes(self.model, plan, self.pad_id)
-            ids, mask, cache = shared.input_ids, shared.attention_mask, shared.cache
+            shared = prefill_prefixes(self.model, plan, self.pad_id, self.prefix_cache)
+            ids, mask, cache = shared.input_ids, shared.attention_mask, shared.cache(self.model, max(budgets))
         width = ids.shape[1]
-        budgets = [o.max_new_tokens for o in options]
         stops = RowStops(self.tokenizer, width, budgets, [o.stop for o in options], self.eos_ids)
         sampling = temperature > 0
         config = GenerationConfig(

@@ -1,0 +1,128 @@
+"""Shared-prefix prefill: the plan, the LRU prefix cache, and equality with the unshared computation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from test_models_local import save_tiny_model
+
+from graph.models.local import CallTrace, LocalChatModel, TransformersEngine
+from graph.models.prefix import CachedPrefix, PrefixCache, SharingPolicy, plan_prefixes
+from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
+
+STEMS = ["After posting this, the user wants to", "The user posted this because the user is", "Yes no"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    yield
+    shutdown_local_models()
+
+
+def build(folder: Path, tmp_path: Path) -> LocalChatModel:
+    model = build_chat_model(f"hf:{folder}", LLMConfig(cache_dir=tmp_path, max_batch_size=32, max_wait_ms=200))
+    assert isinstance(model, LocalChatModel)
+    return model
+
+
+def post_prompts(post: str) -> list[list[BaseMessage]]:
+    """Like the generate node: one long shared start per post, a different stem at the end."""
+    return [
+        [SystemMessage("Complete the sentence."), HumanMessage(f"Post: {post}\nComplete: {stem}"), AIMessage(stem)]
+        for stem in STEMS
+    ]
+
+
+def kv(length: int, width: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(torch.zeros(1, 1, length, width), torch.zeros(1, 1, length, width))]
+
+
+def test_rows_of_one_post_form_a_group_and_keep_a_suffix() -> None:
+    post_a = list(range(100, 140))
+    post_b = list(range(100, 105)) + list(range(200, 235))  # shares only a 5-token "system prompt" with a
+    rows = [[*post_a, 1], [*post_b, 1, 2], [*post_a, 2, 3], [*post_b, 3], [*post_a]]
+    plan = plan_prefixes(rows, SharingPolicy(min_tokens=4, min_ratio=0.5))
+    assert plan.group_of[0] == plan.group_of[2] == plan.group_of[4] != plan.group_of[1] == plan.group_of[3]
+    assert plan.prefixes[plan.group_of[0]] == post_a[:-1]  # the row equal to the prefix keeps one token
+    assert plan.prefixes[plan.group_of[1]] == post_b
+    for row, group, suffix in zip(rows, plan.group_of, plan.suffixes, strict=True):
+        assert plan.prefixes[group] + suffix == row and suffix
+    assert plan.worthwhile
+    assert plan.prefill_tokens == 39 + 40 + sum(map(len, plan.suffixes))
+
+
+def test_unrelated_rows_are_not_worth_sharing() -> None:
+    plan = plan_prefixes([[1, 2, 3, 4], [1, 2, 9, 9]], SharingPolicy(min_tokens=3))
+    assert not plan.worthwhile and len(plan.prefixes) == 2
+
+
+def test_prefix_cache_finds_the_longest_prefix_and_evicts_least_recent() -> None:
+    entry_bytes = CachedPrefix((1,), kv(1)).nbytes
+    cache = PrefixCache(max_bytes=entry_bytes * 6)
+    cache.put(CachedPrefix((1, 2), kv(2)))
+    cache.put(CachedPrefix((1, 2, 3), kv(3)))
+    found = cache.longest([1, 2, 3, 4])
+    assert found is not None and found.tokens == (1, 2, 3)
+    found = cache.longest([1, 2, 3])  # must leave a token to run
+    assert found is not None and found.tokens == (1, 2)
+    assert cache.longest([2, 2, 3, 4]) is None
+    cache.put(CachedPrefix((7, 7), kv(2)))  # over budget: (1, 2, 3) was used least recently
+    assert cache.longest([1, 2, 3, 4]).tokens == (1, 2)  # type: ignore[union-attr]
+    assert cache.stats.evicted == 1 and cache.bytes <= cache.max_bytes
+    plan = plan_prefixes([[1, 2, 5], [1, 2, 6, 6], [9, 9]], cache=cache)
+    assert plan.cached[plan.group_of[0]] is not None and plan.group_of[0] == plan.group_of[1]
+    assert plan.suffixes[:2] == [[5], [6, 6]]
+
+
+async def test_shared_prefill_equals_full_prefill(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path)
+    engine: TransformersEngine = model.handle.engine
+    traces: list[CallTrace] = []
+    engine.observer = traces.append
+    prompts = post_prompts("marathon race friends happy " * 3) + post_prompts("happy race")
+    questions = [[*p[:2], HumanMessage("Answer yes or no.")] for p in prompts]
+
+    async def run() -> tuple[list[str], list[float | None]]:
+        answers, scores = await __import__("asyncio").gather(
+            model.abatch(prompts, max_tokens=6), model.ayes_probability(questions)
+        )
+        return [a.content for a in answers], scores
+
+    engine.sharing, cache = None, engine.prefix_cache
+    engine.prefix_cache = None
+    plain_answers, plain_scores = await run()
+    assert all(t.prefill_tokens == sum(map(len, t.prompts)) for t in traces)
+    engine.sharing, engine.prefix_cache = SharingPolicy(min_tokens=4), cache
+    shared_answers, shared_scores = await run()
+    assert shared_answers == plain_answers and len(set(plain_answers)) > 1
+    assert shared_scores == pytest.approx(plain_scores, abs=1e-4)
+    shared = traces[-2:]
+    assert all(t.prefill_tokens < sum(map(len, t.prompts)) for t in shared)
+    assert cache is not None and cache.stats.stored >= 2  # each post's prefix (questions start the same way)
+    hits = cache.stats.hits
+    again_answers, again_scores = await run()  # now every prefix comes from the cache
+    assert again_answers == plain_answers
+    assert again_scores == pytest.approx(plain_scores, abs=1e-4)
+    assert cache.stats.hits - hits == len(prompts) + len(questions)
+    assert all(t.prefill_tokens <= s.prefill_tokens for t, s in zip(traces[-2:], shared, strict=True))
+
+
+async def test_generated_tokens_stop_at_the_stop_string(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path)
+    engine: TransformersEngine = model.handle.engine
+    traces: list[CallTrace] = []
+    engine.observer = traces.append
+    full = await model.ainvoke(post_prompts("happy race")[0], max_tokens=10)
+    stop = full.content.strip()[:2]
+    stopped = await model.bind(stop=[stop]).ainvoke(post_prompts("happy race")[0], max_tokens=10)
+    assert stopped.usage_metadata["output_tokens"] < full.usage_metadata["output_tokens"]
+    assert traces[-1].completions[0].completion_tokens == stopped.usage_metadata["output_tokens"]
