@@ -78,7 +78,8 @@ class EmbeddedBroker:
             self.port = free_port(self.host)
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._process = subprocess.Popen(self.command(), stdout=output, stderr=output, env=env)
+        # Own session: a Ctrl-C meant for the app must not kill the broker before the app has shut down.
+        self._process = subprocess.Popen(self.command(), stdout=output, stderr=output, env=env, start_new_session=True)
         if not wait_for_port(self.host, self.port, self.start_timeout):
             self.stop()
             raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} within {self.start_timeout}s")

@@ -81,6 +81,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Callable[[str]
             return await _replay_and_watch(settings, options, stream, indexer, stop, say)
         finally:
             stream.request_stop()
+            stream.request_stop()  # the demo's broker is in memory: abandon the drain, do not wait for the model
             stop.set()
             server.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -36,6 +36,8 @@ def demo(
         fail(f"posts file not found: {source}")
     with tempfile.TemporaryDirectory(prefix="miko-demo-") as scratch:
         settings = load_settings(llm=llm, vision=vision or "none", index_dir=index_dir or Path(scratch) / "index")
+        # A few posts at a time: results arrive as the demo goes, instead of all at the end of one big batch.
+        settings = settings.model_copy(update={"max_in_flight": min(settings.max_in_flight, 8)})
         options = DemoOptions(posts=source, port=port, exit_when_indexed=exit_when_indexed)
         try:
             code = asyncio.run(
