@@ -4,17 +4,18 @@ In one process, on the same posts and with the same graph configuration:
 
 * (a) sequential: posts one after another, every model call awaited alone (as MIKO's scripts call their
   model), through a chat model that holds a lock around each call and a batcher of size 1;
-* (b) pipeline: up to ``--max-in-flight`` posts at once, their calls coalesced by the shared micro-batcher;
-* (c) generate: the exact prompts (token ids) that (b) sent, replayed through bare ``model.generate`` in
-  batches of ``--max-batch-size`` with their token budgets and stop strings, greedy: the machine's limit
-  for this model without any of the pipeline's work around it.
+* (b) pipeline: up to ``--max-in-flight`` posts at once, their calls sharing the model's continuous batcher
+  (shared prompt prefixes, rows joining and leaving the decode batch between steps);
+* (c) generate: prompts (token ids) that (b) sent, replayed through bare ``model.generate`` in batches of
+  ``--max-batch-size`` with their token budgets and stop strings, greedy: what the model does without any of
+  the pipeline's work around it (at most ``--generate-prompts`` of them, at an even stride, to bound the time).
 
 Generated tokens are counted the same way for (b) and (c): new tokens up to EOS, the budget or the token that
-completes a stop string. Cold start runs in fresh interpreters (after one untimed start that warms the disk
-cache): model load to first token, and process start (imports included) to first token.
+completes a stop string. Cold start runs in fresh interpreters (the first start warms the disk cache, the
+last is reported): ``build_chat_model`` to first token, and process start (imports included) to first token.
 
 Run from the project root (targets and results: bench/RESULTS.md):
-    python -m bench.throughput --data ../shared/data/mmsd_valid_captioned.jsonl --posts 64 --llm smollm2
+    python -m bench.throughput --data ../shared/data/mmsd_valid_captioned.jsonl --posts 48 --llm smollm2
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from pydantic import ConfigDict, PrivateAttr
 
 from graph.contracts import IntentionEvent, Post
 from graph.intake import InputLimits, IntakeError, decode_post
-from graph.models.local import CallTrace, LocalChatModel, LocalEngineHandle, TransformersEngine
+from graph.models.engine import CallTrace, FinishedRow, TransformersEngine
+from graph.models.local import LocalChatModel, LocalEngineHandle
 from graph.models.prefix import PrefixCache
 from graph.models.spec import CallOptions
 from graph.pipeline import MikoPipeline, PostFailed
@@ -108,7 +110,7 @@ class SerialChatModel(BaseChatModel):
 
 @dataclass
 class Recorder:
-    """Collects the engine's call traces for one phase (the engine calls it on its worker thread)."""
+    """Collects the engine's pass traces for one phase (the engine calls it on its worker thread)."""
 
     traces: list[CallTrace] = field(default_factory=list)
 
@@ -119,42 +121,37 @@ class Recorder:
         return [t for t in self.traces if t.kind == kind]
 
     @property
+    def finished(self) -> list[FinishedRow]:
+        return [row for t in self.traces for row in t.finished]
+
+    @property
     def generated_tokens(self) -> int:
-        return sum(c.completion_tokens for t in self.of("generate") for c in t.completions)
+        return sum(row.completion.completion_tokens for row in self.finished)
 
     @property
     def model_seconds(self) -> float:
         return sum(t.seconds for t in self.traces)
 
     def breakdown(self) -> list[str]:
-        """Per kind of call (scoring, or generation with a given token budget): where the model time went."""
-        kinds: dict[str, list[CallTrace]] = {}
-        for trace in self.traces:
-            budget = max((o.max_new_tokens for o in trace.options), default=0)
-            kinds.setdefault(f"{trace.kind}" + (f" (max {budget} new)" if budget else ""), []).append(trace)
-        lines = []
-        for name, traces in sorted(kinds.items()):
-            rows = sum(len(t.prompts) for t in traces)
-            steps = sum(max((c.completion_tokens for c in t.completions), default=0) for t in traces)
-            new = sum(c.completion_tokens for t in traces for c in t.completions)
-            lines.append(
-                f"{name:22} {len(traces):4} calls {rows:5} rows {sum(t.prefill_tokens for t in traces):7} prefilled "
-                f"{new:6} new tokens in {steps:5} decode steps {sum(t.seconds for t in traces):7.1f}s"
-            )
-        return lines
-
-    def summary(self) -> str:
-        generate, score = self.of("generate"), self.of("score")
-        rows = [len(t.prompts) for t in generate]
-        prompt_tokens = sum(len(p) for t in self.traces for p in t.prompts)
-        prefill_tokens = sum(t.prefill_tokens for t in self.traces)
-        return (
-            f"{len(generate)} generate calls (rows: mean {_mean(rows):.1f}, max {max(rows, default=0)}), "
-            f"{len(score)} scoring calls, {sum(len(t.prompts) for t in score)} scored rows; "
-            f"prompt tokens {prompt_tokens}, prefilled {prefill_tokens} "
-            f"({100 * (1 - prefill_tokens / max(prompt_tokens, 1)):.0f}% saved by shared prefixes); "
-            f"model busy {self.model_seconds:.1f}s"
-        )
+        """Where the model time went: prompt passes and decoding steps."""
+        prefill, decode = self.of("prefill"), self.of("decode")
+        prompt_tokens = sum(t.prompt_tokens for t in prefill)
+        prefill_tokens = sum(t.prefill_tokens for t in prefill)
+        padded_tokens = sum(t.padded_tokens for t in prefill)
+        rows = [t.rows for t in decode]
+        by_budget: dict[int, list[int]] = {}
+        for row in self.finished:
+            by_budget.setdefault(row.options.max_new_tokens, []).append(row.completion.completion_tokens)
+        lengths = ", ".join(f"{len(v)} x <= {k} tokens (mean {_mean(v):.1f})" for k, v in sorted(by_budget.items()))
+        return [
+            f"prompt passes: {len(prefill)} ({sum(t.rows for t in prefill)} prompts, "
+            f"{sum(t.scored for t in prefill)} of them scored); prompt tokens {prompt_tokens}, prefilled "
+            f"{prefill_tokens} ({100 * (1 - prefill_tokens / max(prompt_tokens, 1)):.0f}% saved by shared "
+            f"prefixes; {padded_tokens} with padding) in {sum(t.seconds for t in prefill):.1f}s",
+            f"decode steps: {len(decode)} (rows per step: mean {_mean(rows):.1f}, max {max(rows, default=0)}) "
+            f"in {sum(t.seconds for t in decode):.1f}s",
+            f"generations: {lengths}",
+        ]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -182,16 +179,15 @@ class PhaseResult:
         return self.recorder.generated_tokens / self.seconds
 
     def describe(self) -> str:
-        calls = len(self.recorder.traces)
-        rows = sum(len(t.prompts) for t in self.recorder.traces)
+        rows = sum(t.rows for t in self.recorder.of("prefill"))
         accepted = sum(i.verified for e in self.events for i in e.intentions)
         total = sum(len(e.intentions) for e in self.events)
         return (
             f"{self.name}: {self.posts} posts in {self.seconds:.1f}s = {self.posts_per_s:.3f} posts/s; "
             f"{self.recorder.generated_tokens} generated tokens = {self.tokens_per_s:.1f} tokens/s; "
-            f"{rows / max(self.posts, 1):.1f} model rows/post in {calls} calls; "
-            f"accepted {accepted}/{total} intentions; {self.failures} failed posts\n"
-            f"    {self.recorder.summary()}"
+            f"{rows / max(self.posts, 1):.1f} prompts/post; "
+            f"accepted {accepted}/{total} intentions; {self.failures} failed posts; "
+            f"model busy {self.recorder.model_seconds:.1f}s"
         )
 
 
@@ -268,18 +264,18 @@ def count_generated(row: Sequence[int], finished_ids: set[int]) -> int:
 
 
 def bare_generate(
-    engine: TransformersEngine, traces: Sequence[CallTrace], batch_size: int, limit: int
+    engine: TransformersEngine, rows: Sequence[FinishedRow], batch_size: int, limit: int
 ) -> GenerateResult:
-    """Replay the prompts of ``traces`` with plain ``model.generate``: same budgets and stops, greedy.
+    """Replay the prompts of ``rows`` with plain ``model.generate``: same budgets and stops, greedy.
 
     At most ``limit`` prompts, taken at an even stride so the mix of kinds (extract, generate) is (b)'s.
     """
     import torch
     from transformers import GenerationConfig
 
-    from graph.models.prefix import left_pad
+    from graph.models.prefill import left_pad
 
-    calls = [(p, o) for t in traces for p, o in zip(t.prompts, t.options, strict=True)]
+    calls = [(row.prompt, row.options) for row in rows]
     stride = max(1, -(-len(calls) // max(limit, 1)))
     groups: dict[tuple[int, tuple[str, ...]], list[tuple[int, ...]]] = {}
     for prompt, options in calls[::stride]:
@@ -363,7 +359,9 @@ def measure_cold_start(llm: str, starts: int) -> list[dict[str, float]]:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def build_pipelines(args: argparse.Namespace) -> tuple[MikoPipeline, MikoPipeline, TransformersEngine]:
+def build_pipelines(
+    args: argparse.Namespace,
+) -> tuple[MikoPipeline, MikoPipeline, TransformersEngine, LocalEngineHandle]:
     """(b)'s pipeline as the service wires it, and (a)'s: same graph and engine, one call at a time."""
     from graph.nodes import GraphDeps
     from miko_stream.settings import Settings
@@ -393,7 +391,7 @@ def build_pipelines(args: argparse.Namespace) -> tuple[MikoPipeline, MikoPipelin
         llm=serial, prompts=pipeline.deps.prompts, captioner=pipeline.deps.captioner, config=pipeline.deps.config
     )
     sequential = MikoPipeline(deps, models=pipeline.info.models, deadline_s=settings.post_deadline_s)
-    return sequential, pipeline, engine
+    return sequential, pipeline, engine, alone
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -410,7 +408,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-share-prefixes", dest="share_prefixes", action="store_false")
     parser.add_argument("--prefix-cache-mb", type=float, default=None, help="default: the engine's")
     parser.add_argument(
-        "--generate-prompts", type=int, default=480, help="replay at most this many of (b)'s prompts in (c)"
+        "--generate-prompts", type=int, default=192, help="replay at most this many of (b)'s prompts in (c)"
     )
     parser.add_argument("--cold-starts", type=int, default=2, help="fresh-process starts; the last is reported")
     parser.add_argument("--skip", action="append", default=[], choices=["a", "b", "c", "cold"])
@@ -454,10 +452,10 @@ async def run_phases(
             print(f"    prefix cache: {cache.stats} holding {len(cache)} prefixes, {cache.bytes / 2**20:.0f} MB")
         if args.verbose:
             for trace in b.recorder.traces:
-                used = [c.completion_tokens for c in trace.completions]
+                new = sum(row.completion.completion_tokens for row in trace.finished)
                 print(
-                    f"      {trace.kind:8} rows={len(trace.prompts):3} prompt={sum(map(len, trace.prompts)):6} "
-                    f"prefill={trace.prefill_tokens:6} new={sum(used):5} steps={max(used, default=0):3} "
+                    f"      {trace.kind:8} rows={trace.rows:3} scored={trace.scored:3} prompt={trace.prompt_tokens:6} "
+                    f"prefill={trace.prefill_tokens:6} finished={len(trace.finished):3} new={new:4} "
                     f"{trace.seconds:6.2f}s"
                 )
     return a, b
@@ -478,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     cold = [] if "cold" in args.skip else measure_cold_start(args.llm, args.cold_starts)
-    sequential, pipeline, engine = build_pipelines(args)
+    sequential, pipeline, engine, alone = build_pipelines(args)
     print(
         f"config: --llm {args.llm}, max_batch_size={args.max_batch_size}, max_wait_ms={args.max_wait_ms:g}, "
         f"max_in_flight={args.max_in_flight}, verifier={args.verifier}, max_rounds={args.max_rounds}, "
@@ -486,10 +484,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     posts = load_posts(args.data, max(args.posts, args.sequential_posts) + 1)
-    a, b = asyncio.run(run_phases(args, sequential, pipeline, engine, posts))
+    try:
+        a, b = asyncio.run(run_phases(args, sequential, pipeline, engine, posts))
+    finally:
+        alone.close()
+        asyncio.run(pipeline.aclose())
     c = None
     if b is not None and "c" not in args.skip:
-        c = bare_generate(engine, b.recorder.of("generate"), args.max_batch_size, args.generate_prompts)
+        c = bare_generate(engine, b.recorder.finished, args.max_batch_size, args.generate_prompts)
         print(c.describe(args.max_batch_size), flush=True)
     if cold:
         last = cold[-1]

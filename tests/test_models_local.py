@@ -146,14 +146,14 @@ async def test_a_bad_request_fails_only_itself(tiny_model_dir: Path, tmp_path: P
     engine = model.handle.engine
     too_long = [HumanMessage(" ".join(["marathon"] * 400))]
     poison_id = engine.tokenizer.unk_token_id
-    real_generate = engine.model.generate
+    real_forward = engine.model.forward
 
-    def generate_refusing_unknown_tokens(*args: object, **kwargs: torch.Tensor) -> torch.Tensor:
+    def forward_refusing_unknown_tokens(*args: object, **kwargs: torch.Tensor) -> object:
         if bool((kwargs["input_ids"] == poison_id).any()):
             raise RuntimeError("kernel failure on this row")
-        return real_generate(*args, **kwargs)
+        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine.model, "generate", generate_refusing_unknown_tokens)
+    monkeypatch.setattr(engine.model, "forward", forward_refusing_unknown_tokens)
     outcomes = await asyncio.gather(
         model.ainvoke(prompt(0), max_tokens=4),
         model.ainvoke(too_long, max_tokens=4),
@@ -187,7 +187,8 @@ async def test_temperature_groups_and_sync_invoke(tiny_model_dir: Path, tmp_path
     greedy, sampled = await asyncio.gather(
         model.ainvoke(prompt(0), max_tokens=4), model.ainvoke(prompt(0), max_tokens=4, temperature=0.8)
     )
-    assert model.handle.engine.generate_calls == 2 and model.handle.batcher.stats.batches == 1
+    # greedy and sampled rows share one prompt pass and the decoding steps (sampling is per row)
+    assert model.handle.engine.generate_calls == 1 and model.handle.batcher.stats.batches == 1
     assert sampled.usage_metadata["output_tokens"] <= 4
     assert model.invoke(prompt(0), max_tokens=4).content == greedy.content
 

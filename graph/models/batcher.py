@@ -1,20 +1,19 @@
-"""A cross-caller micro-batcher: one worker thread per local model coalesces requests into batches.
+"""Cross-caller batchers: one worker thread per local model turns many callers' requests into batched work.
 
 Why: on a small CPU a 135M model decodes ~21 tok/s for one sequence but ~158 tok/s for 16 at once, so the
-prompts of many concurrent posts (and of their ten relations) must share ``generate`` calls. Callers on any
-thread or event loop submit a request and get a future; the single worker thread owns the model (no locks
-around torch, the event loop never blocks), waits at most ``max_wait_ms`` after the oldest request arrived to
-fill a batch of up to ``max_batch_size``, and routes each result or exception back to its own caller.
+prompts of many concurrent posts (and of their ten relations) must share model passes. Callers on any thread
+or event loop submit a request and get a future; the single worker thread owns the model (no locks around
+torch, the event loop never blocks) and routes each result or exception back to its own caller.
 
-The batcher knows nothing of models: it calls ``run_batch(requests) -> results`` where each result is a value
-or an exception for that request alone. If ``run_batch`` itself raises, the batch is retried one request at a
-time so that a single bad request fails only its own caller.
+Two workers share that front end:
 
-An optional ``batch_key`` says which requests can share one ``run_batch`` call (e.g. scoring passes versus
-generation with a given token budget). A collected batch then holds up to ``max_batch_size`` requests *per
-key*; each key's group is run as its own call, oldest group first, and its callers get their results as soon
-as that call returns. Requests that do not fit wait, in arrival order, for the next batch. This keeps every
-model call full of one kind of work instead of splitting ``max_batch_size`` between kinds.
+* :class:`MicroBatcher` waits at most ``max_wait_ms`` after the oldest request arrived to fill a batch of up to
+  ``max_batch_size`` and calls ``run_batch(requests) -> results`` (each result a value or an exception for that
+  request alone). If ``run_batch`` itself raises, the batch is retried one request at a time so that a single
+  bad request fails only its own caller.
+* :class:`ContinuousBatcher` drives a :class:`Stepper` (continuous batching): requests join a running batch
+  between decode steps and leave it the moment they finish, so a short completion never waits for the longest
+  one in its batch and the batch stays full while work is queued.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ import concurrent.futures
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
@@ -37,7 +37,6 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 RunBatch = Callable[[Sequence[Req]], Sequence[Res | BaseException]]
-BatchKey = Callable[[Req], Hashable]
 
 
 class BatcherClosedError(RuntimeError):
@@ -46,13 +45,18 @@ class BatcherClosedError(RuntimeError):
 
 @dataclass
 class BatcherStats:
-    """Counters for metrics and tests; updated by the worker thread only."""
+    """Counters for metrics and tests; updated by the worker thread only.
+
+    A "batch" is one ``run_batch`` call (:class:`MicroBatcher`) or one admission of new requests into the
+    running batch (:class:`ContinuousBatcher`).
+    """
 
     batches: int = 0
     requests: int = 0
     failed: int = 0
     cancelled: int = 0
     largest_batch: int = 0
+    steps: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
     def record(self, size: int) -> None:
@@ -73,32 +77,27 @@ class _Job(Generic[Req, Res]):
 _STOP = object()
 
 
-class MicroBatcher(Generic[Req, Res]):
-    """Coalesces requests from many callers into calls of ``run_batch`` on one worker thread."""
+class _WorkerBatcher(ABC, Generic[Req, Res]):
+    """The front end both batchers share: a queue, futures, one lazily started worker thread, closing."""
 
     def __init__(
         self,
-        run_batch: RunBatch[Req, Res],
         *,
-        max_batch_size: int = 16,
-        max_wait_ms: float = 15.0,
-        name: str = "model",
-        on_worker_start: Callable[[], None] | None = None,
-        batch_key: BatchKey[Req] | None = None,
+        max_batch_size: int,
+        max_wait_ms: float,
+        name: str,
+        on_worker_start: Callable[[], None] | None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
-        self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.name = name
         self.stats = BatcherStats()
         self._on_worker_start = on_worker_start
-        self._batch_key = batch_key
         self._queue: queue.SimpleQueue[_Job[Req, Res] | object] = queue.SimpleQueue()
-        self._held: deque[_Job[Req, Res]] = deque()  # worker thread only: jobs left over from the last batch
         self._lock = threading.Lock()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -112,7 +111,7 @@ class MicroBatcher(Generic[Req, Res]):
             if self._closed:
                 raise BatcherClosedError(f"{self.name} batcher is closed")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=f"batcher-{self.name}", daemon=True)
+                self._thread = threading.Thread(target=self._run_worker, name=f"batcher-{self.name}", daemon=True)
                 self._thread.start()
             self._queue.put(_Job(request, future, time.monotonic()))
         return future
@@ -142,64 +141,78 @@ class MicroBatcher(Generic[Req, Res]):
 
     # -- worker ------------------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _run_worker(self) -> None:
         if self._on_worker_start is not None:
             try:
                 self._on_worker_start()
             except Exception as error:  # a tuning hook must not take the worker down
                 log.warning("batcher_start_hook_failed", batcher=self.name, error=repr(error))
+        self._work()
+
+    @abstractmethod
+    def _work(self) -> None:
+        """The worker loop: runs until a stop marker is taken from the queue and queued work is done."""
+
+    def _live(self, jobs: Sequence[_Job[Req, Res]]) -> list[_Job[Req, Res]]:
+        """The jobs whose callers still want them (marks them running, so they can no longer be cancelled)."""
+        live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        self.stats.cancelled += len(jobs) - len(live)
+        return live
+
+    def _settle(self, job: _Job[Req, Res], result: Res | BaseException) -> None:
+        if isinstance(result, BaseException):
+            self.stats.failed += 1
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
+
+
+class MicroBatcher(_WorkerBatcher[Req, Res]):
+    """Coalesces requests from many callers into calls of ``run_batch`` on one worker thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch[Req, Res],
+        *,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 15.0,
+        name: str = "model",
+        on_worker_start: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=name, on_worker_start=on_worker_start
+        )
+        self._run_batch = run_batch
+
+    def _work(self) -> None:
         stopping = False
-        while not stopping or self._held:
-            first = self._held.popleft() if self._held else self._queue.get()
+        while not stopping:
+            first = self._queue.get()
             if first is _STOP:
-                stopping = True
-                continue
-            groups, stop_seen = self._collect(first)  # type: ignore[arg-type]
-            stopping = stopping or stop_seen
-            live_groups = [[job for job in group if job.future.set_running_or_notify_cancel()] for group in groups]
-            size = sum(map(len, live_groups))
-            self.stats.cancelled += sum(map(len, groups)) - size
-            if size:
-                self.stats.record(size)
-            for live in live_groups:
-                if live:
-                    self._execute(live)
+                break
+            batch, stopping = self._collect(first)  # type: ignore[arg-type]
+            live = self._live(batch)
+            if live:
+                self.stats.record(len(live))
+                self._execute(live)
 
-    def _key(self, job: _Job[Req, Res]) -> Hashable:
-        return None if self._batch_key is None else self._batch_key(job.request)
+    def _collect(self, first: _Job[Req, Res]) -> tuple[list[_Job[Req, Res]], bool]:
+        """Fill a batch until it is full or ``max_wait`` has passed since the *oldest* request arrived.
 
-    def _collect(self, first: _Job[Req, Res]) -> tuple[list[list[_Job[Req, Res]]], bool]:
-        """Fill a batch until the oldest request's group is full or ``max_wait`` has passed since it arrived.
-
-        Requests held over from the previous batch and requests that queued while the model was busy are
-        therefore taken at once, without extra waiting. Groups come out oldest first.
+        Requests that queued while the model was busy are therefore taken at once, without extra waiting.
         """
-        groups: dict[Hashable, list[_Job[Req, Res]]] = {self._key(first): [first]}
-        leading = groups[self._key(first)]
-        held, self._held = self._held, deque()
-
-        def place(job: _Job[Req, Res]) -> None:
-            group = groups.setdefault(self._key(job), [])
-            if len(group) < self.max_batch_size:
-                group.append(job)
-            else:
-                self._held.append(job)
-
-        for job in held:
-            place(job)
+        batch = [first]
         deadline = first.enqueued + self.max_wait_s
-        stop_seen = False
-        while len(leading) < self.max_batch_size:
+        while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
-                stop_seen = True
-                break
-            place(item)  # type: ignore[arg-type]
-        return [group for group in groups.values() if group], stop_seen
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, False
 
     def _execute(self, jobs: list[_Job[Req, Res]]) -> None:
         try:
@@ -208,16 +221,166 @@ class MicroBatcher(Generic[Req, Res]):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} requests")
         except Exception as error:
             if len(jobs) == 1:
-                self.stats.failed += 1
-                jobs[0].future.set_exception(error)
+                self._settle(jobs[0], error)
                 return
             log.warning("batch_failed_retrying_singly", batcher=self.name, size=len(jobs), error=repr(error))
             for job in jobs:
                 self._execute([job])
             return
         for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, BaseException):
-                self.stats.failed += 1
-                job.future.set_exception(result)
+            self._settle(job, result)
+
+
+# -- continuous batching ------------------------------------------------------------------------------------
+
+
+class Running:
+    """Marks a request that joined the running batch; its result comes later from :meth:`Stepper.step`."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Hashable) -> None:
+        self.handle = handle
+
+
+class Stepper(Protocol[Req, Res]):
+    """A model that runs requests in a batch that rows join and leave between steps (used by one thread)."""
+
+    @property
+    def live(self) -> int:
+        """Requests in the running batch."""
+        ...
+
+    def needs_slot(self, request: Req) -> bool:
+        """False for requests answered by :meth:`start` alone (e.g. a scoring pass), which take no slot."""
+        ...
+
+    def start(self, requests: Sequence[Req]) -> Sequence[Res | BaseException | Running]:
+        """Run the requests' prompts; answer those that need nothing more, add the others to the batch.
+
+        Must be all-or-nothing: if it raises, no request joined the batch.
+        """
+        ...
+
+    def step(self) -> Sequence[tuple[Hashable, Res | BaseException]]:
+        """One decoding step for the whole batch; returns the requests that finished (they leave it)."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop every running request (after :meth:`step` raised)."""
+        ...
+
+
+class ContinuousBatcher(_WorkerBatcher[Req, Res]):
+    """Drives a :class:`Stepper`: admits queued requests into free slots between steps, settles finished ones.
+
+    Admission runs the newcomers' prompts in one pass (which pauses decoding), so it waits until at least a
+    quarter of the ``max_batch_size`` slots are free, or the batch is empty; when idle it waits ``max_wait_ms``
+    after the oldest request arrived so that concurrent callers share the first pass.
+    """
+
+    def __init__(
+        self,
+        stepper: Stepper[Req, Res],
+        *,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 15.0,
+        name: str = "model",
+        on_worker_start: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=name, on_worker_start=on_worker_start
+        )
+        self._stepper = stepper
+        self.admit_free_slots = max(1, max_batch_size // 4)
+        self._pending: deque[_Job[Req, Res]] = deque()
+        self._running: dict[Hashable, _Job[Req, Res]] = {}
+
+    def _work(self) -> None:
+        stopping = False
+        while not (stopping and not self._pending and not self._running):
+            if not stopping:
+                stopping = self._gather(block=not self._pending and not self._running)
+            self._admit()
+            if self._running:
+                self._step()
+
+    def _gather(self, *, block: bool) -> bool:
+        """Move queued jobs to ``_pending``; when idle, wait for one and then up to ``max_wait``. True on stop."""
+        if block:
+            first = self._queue.get()
+            if first is _STOP:
+                return True
+            self._pending.append(first)  # type: ignore[arg-type]
+            deadline = first.enqueued + self.max_wait_s  # type: ignore[attr-defined]
+            while len(self._pending) < 2 * self.max_batch_size:  # a pass takes <= max generations + max scores
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    return False
+                if item is _STOP:
+                    return True
+                self._pending.append(item)  # type: ignore[arg-type]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            self._pending.append(item)  # type: ignore[arg-type]
+
+    def _admit(self) -> None:
+        free = self.max_batch_size - len(self._running)
+        if not self._pending or (self._running and free < self.admit_free_slots):
+            return
+        chosen: list[_Job[Req, Res]] = []
+        kept: deque[_Job[Req, Res]] = deque()
+        slotless = 0
+        for job in self._pending:
+            if self._stepper.needs_slot(job.request):
+                take = free > 0
+                free -= take
             else:
-                job.future.set_result(result)
+                take = slotless < self.max_batch_size
+                slotless += take
+            (chosen if take else kept).append(job)
+        self._pending = kept
+        live = self._live(chosen)
+        if live:
+            self.stats.record(len(live))
+            self._start(live)
+
+    def _start(self, jobs: list[_Job[Req, Res]]) -> None:
+        try:
+            outcomes = list(self._stepper.start([job.request for job in jobs]))
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"start returned {len(outcomes)} outcomes for {len(jobs)} requests")
+        except Exception as error:
+            if len(jobs) == 1:
+                self._settle(jobs[0], error)
+                return
+            log.warning("batch_failed_retrying_singly", batcher=self.name, size=len(jobs), error=repr(error))
+            for job in jobs:
+                self._start([job])
+            return
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, Running):
+                self._running[outcome.handle] = job
+            else:
+                self._settle(job, outcome)
+
+    def _step(self) -> None:
+        self.stats.steps += 1
+        try:
+            finished = self._stepper.step()
+        except Exception as error:
+            log.error("decode_step_failed", batcher=self.name, rows=len(self._running), error=repr(error))
+            self._stepper.abandon()
+            for job in self._running.values():
+                self._settle(job, error)
+            self._running.clear()
+            return
+        for handle, result in finished:
+            self._settle(self._running.pop(handle), result)

@@ -1,18 +1,13 @@
-"""Shared-prefix prefill for batched prompts: compute a prefix's keys and values once, reuse them for every row.
+"""Which prompts share a prefix, and a cache of prefixes' keys/values: the planning half of shared prefill.
 
 Why: on a small CPU the prompt (prefill) dominates the cost of a MIKO post. Its ten generate prompts and its
 ten verify prompts repeat the same system text, post, caption and key information and differ only in their
-last ~30 tokens, so a batch that holds them would prefill each post's ~200 shared tokens ten times. Here rows
-are grouped by their longest common prefix; each group's prefix is run once (stage 1), its KV cache is copied
-to the group's rows, and only the per-row suffixes are run on top of it (stage 2: a scoring forward pass, or
-the first step of ``generate``). Results equal the unshared computation up to float rounding.
+last ~30 tokens, so a pass that holds them would run each post's ~200 shared tokens ten times. Rows are
+grouped here by their longest common prefix, so that :mod:`graph.models.prefill` runs each group's prefix once
+and only the rows' suffixes on top of it. Results equal the unshared computation up to float rounding.
 
 Shared prefixes are also kept in a small LRU :class:`PrefixCache`, because a post's rows do not always land in
-one batch (a batch boundary splits them, and rejected relations come back for another round later).
-
-Layout of a stage-2 row: ``[pad][prefix of its group] [pad][suffix]``; both halves are left-padded, the
-attention mask hides the pads and positions come from the mask, so the gap in the middle is invisible.
-Works for models whose cache is a plain per-layer key/value tensor pair (Llama-like ``DynamicCache``).
+one pass (admission into the running batch splits them, and rejected relations come back for another round).
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from transformers import Cache, PreTrainedModel
 
 LayerKV = tuple["torch.Tensor", "torch.Tensor"]
 
@@ -40,7 +34,7 @@ class SharingPolicy:
 
     min_tokens: int = 16
     min_ratio: float = 0.5
-    cache_mb: float = 256.0
+    cache_mb: float = 512.0
     """Memory for prefixes kept between batches (0 disables the cache)."""
 
 
@@ -128,20 +122,6 @@ class PrefixPlan:
     suffixes: list[list[int]]
     cached: list[CachedPrefix | None] = field(default_factory=list)
 
-    @property
-    def worthwhile(self) -> bool:
-        """True when a group has two or more rows or comes from the cache (else sharing saves nothing)."""
-        return len(self.prefixes) < len(self.group_of) or any(c is not None for c in self.cached)
-
-    @property
-    def prefill_tokens(self) -> int:
-        """Tokens the model runs over (without padding): each computed prefix once plus every suffix."""
-        computed = sum(len(p) for p, c in zip(self.prefixes, self._sources(), strict=True) if c is None)
-        return computed + sum(map(len, self.suffixes))
-
-    def _sources(self) -> list[CachedPrefix | None]:
-        return self.cached or [None] * len(self.prefixes)
-
     def group_sizes(self) -> list[int]:
         sizes = [0] * len(self.prefixes)
         for group in self.group_of:
@@ -216,132 +196,3 @@ def _neighbour_groups(
                 continue
         groups.append(([index], len(row)))
     return groups
-
-
-# -- running --------------------------------------------------------------------------------------------------
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of ``rows`` right-aligned in one tensor (decoder-only models need that)."""
-    import torch
-
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip padding: the n-th real token of a row is at position n - 1."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-@dataclass
-class SharedPrefill:
-    """Stage 1 done: every row's prefix KV (per layer, ``[rows, heads, prefix_width, dim]``, left-padded), and
-    the full ids and mask (prefix region + suffix region) to continue from."""
-
-    layers: list[LayerKV]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    prefix_width: int
-
-    def cache(self, model: PreTrainedModel, room: int = 0) -> Cache:
-        """A cache holding the prefixes: dynamic for one more forward pass (``room == 0``), else static with
-        ``room`` free positions after the whole input, so decoding writes in place instead of re-allocating
-        every layer's tensors at every step."""
-        from transformers import DynamicCache, StaticCache
-
-        if room == 0:
-            return DynamicCache(ddp_cache_data=self.layers, config=model.config)
-        cache = StaticCache(config=model.config, max_cache_len=self.input_ids.shape[1] + room)
-        for number, (keys, values) in enumerate(self.layers):
-            cache.update(keys, values, number)
-        return cache
-
-    @property
-    def suffix_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prefix_width :]
-
-    @property
-    def suffix_positions(self) -> torch.Tensor:
-        return positions(self.attention_mask)[:, self.prefix_width :]
-
-
-def prefill_prefixes(
-    model: PreTrainedModel, plan: PrefixPlan, pad_id: int, cache: PrefixCache | None = None
-) -> SharedPrefill:
-    """Stage 1: every group's prefix KV (computed once, or taken from ``cache``), copied to the group's rows.
-
-    Computed prefixes of groups with two or more rows are stored in ``cache``. Call under inference_mode.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    sources = plan.cached or [None] * len(plan.prefixes)
-    prefix_ids, prefix_mask = left_pad(plan.prefixes, pad_id)
-    width = prefix_ids.shape[1]
-    computed = [g for g, source in enumerate(sources) if source is None]
-    fresh: list[LayerKV] = []
-    if computed:
-        ids, mask = prefix_ids[computed], prefix_mask[computed]
-        start = int((mask.sum(0) == 0).sum())  # columns that are padding in every computed row
-        ids, mask = ids[:, start:], mask[:, start:]
-        run = DynamicCache(config=model.config)
-        model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions(mask),
-            cache=run,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        fresh = [(layer.keys, layer.values) for layer in run.layers]
-        sizes = plan.group_sizes()
-        for slot, group in enumerate(computed):
-            if cache is not None and sizes[group] > 1:
-                length = len(plan.prefixes[group])
-                layers = [(k[slot : slot + 1, :, -length:].clone(), v[slot : slot + 1, :, -length:].clone())
-                          for k, v in fresh]  # fmt: skip
-                cache.put(CachedPrefix(tuple(plan.prefixes[group]), layers))
-    rows = torch.tensor(plan.group_of, dtype=torch.long)
-    slot_of = {group: slot for slot, group in enumerate(computed)}
-    layers: list[LayerKV] = []
-    for number in range(len(fresh) if fresh else len(_first_cached(sources).layers)):
-        per_group = []
-        for group, source in enumerate(sources):
-            if source is None:
-                k, v = fresh[number]
-                per_group.append((k[slot_of[group]], v[slot_of[group]]))
-            else:
-                k, v = source.layers[number]
-                per_group.append((k[0], v[0]))
-        layers.append((_stack_left_padded([k for k, _ in per_group], width)[rows],
-                       _stack_left_padded([v for _, v in per_group], width)[rows]))  # fmt: skip
-    suffix_ids, suffix_mask = left_pad(plan.suffixes, pad_id)
-    return SharedPrefill(
-        layers=layers,
-        input_ids=torch.cat([prefix_ids[rows], suffix_ids], dim=1),
-        attention_mask=torch.cat([prefix_mask[rows], suffix_mask], dim=1),
-        prefix_width=width,
-    )
-
-
-def _first_cached(sources: Sequence[CachedPrefix | None]) -> CachedPrefix:
-    return next(source for source in sources if source is not None)
-
-
-def _stack_left_padded(tensors: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    """``[heads, len, dim]`` tensors right-aligned into one zero-padded ``[groups, heads, width, dim]``."""
-    import torch
-
-    heads, _, dim = tensors[0].shape
-    out = torch.zeros((len(tensors), heads, width, dim), dtype=tensors[0].dtype)
-    for i, tensor in enumerate(tensors):
-        length = min(tensor.shape[1], width)
-        out[i, :, width - length :] = tensor[:, tensor.shape[1] - length :]
-    return out
