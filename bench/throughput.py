@@ -6,9 +6,10 @@ In one process, on the same posts and with the same graph configuration:
   model), through a chat model that holds a lock around each call and a batcher of size 1;
 * (b) pipeline: up to ``--max-in-flight`` posts at once, their calls sharing the model's continuous batcher
   (shared prompt prefixes, rows joining and leaving the decode batch between steps);
-* (c) generate: prompts (token ids) that (b) sent, replayed through bare ``model.generate`` in batches of
-  ``--max-batch-size`` with their token budgets and stop strings, greedy: what the model does without any of
-  the pipeline's work around it (at most ``--generate-prompts`` of them, at an even stride, to bound the time).
+* (c) generate: prompts (token ids) that (b) sent, replayed through bare ``model.generate`` (the same weights
+  loaded by transformers) in batches of ``--max-batch-size`` with their token budgets and stop strings, greedy:
+  what the model does without any of the pipeline's work around it (at most ``--generate-prompts`` of them,
+  at an even stride, to bound the time). (a) and (b) run on the service's local runtime (``--runtime``).
 
 Generated tokens are counted the same way for (b) and (c): new tokens up to EOS, the budget or the token that
 completes a stop string. Cold start runs in fresh interpreters (the first start warms the disk cache, the
@@ -307,6 +308,18 @@ def bare_generate(
     return GenerateResult(prompts, batches, tokens, seconds)
 
 
+def reference_engine(args: argparse.Namespace) -> TransformersEngine:
+    """The same weights loaded by transformers, whose ``generate`` is (c)'s reference."""
+    from graph.models.local import load_engine
+    from graph.models.registry import local_source
+    from graph.models.spec import parse_llm_spec
+    from miko_stream.settings import Settings
+    from miko_stream.wiring import llm_config
+
+    source = local_source(parse_llm_spec(args.llm), llm_config(Settings(llm=args.llm)))
+    return load_engine(source, runtime="transformers")
+
+
 def _bare_key(options: CallOptions) -> tuple[int, tuple[str, ...]]:
     return options.max_new_tokens, options.stop
 
@@ -374,6 +387,7 @@ def build_pipelines(
         max_rounds=args.max_rounds,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        local_runtime=args.runtime,
     )
     pipeline = build_pipeline(settings)
     model = pipeline.deps.llm
@@ -405,6 +419,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-in-flight", type=int, default=None, help="default: MIKO_MAX_IN_FLIGHT")
     parser.add_argument("--verifier", choices=["llm", "heuristic", "none"], default="llm")
     parser.add_argument("--max-rounds", type=int, default=None, help="default: MIKO_MAX_ROUNDS")
+    parser.add_argument(
+        "--runtime", choices=["auto", "native", "transformers"], default="auto", help="local runtime for (a) and (b)"
+    )
     parser.add_argument("--no-share-prefixes", dest="share_prefixes", action="store_false")
     parser.add_argument("--prefix-cache-mb", type=float, default=None, help="default: the engine's")
     parser.add_argument(
@@ -480,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"config: --llm {args.llm}, max_batch_size={args.max_batch_size}, max_wait_ms={args.max_wait_ms:g}, "
         f"max_in_flight={args.max_in_flight}, verifier={args.verifier}, max_rounds={args.max_rounds}, "
-        f"shared prefixes {'on' if engine.sharing else 'off'}, torch threads {engine.torch_threads}",
+        f"shared prefixes {'on' if engine.sharing else 'off'}, torch threads {engine.torch_threads}, "
+        f"runtime {type(engine.model).__name__}",
         flush=True,
     )
     posts = load_posts(args.data, max(args.posts, args.sequential_posts) + 1)
@@ -491,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(pipeline.aclose())
     c = None
     if b is not None and "c" not in args.skip:
-        c = bare_generate(engine, b.recorder.finished, args.max_batch_size, args.generate_prompts)
+        c = bare_generate(reference_engine(args), b.recorder.finished, args.max_batch_size, args.generate_prompts)
         print(c.describe(args.max_batch_size), flush=True)
     if cold:
         last = cold[-1]

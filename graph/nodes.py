@@ -14,7 +14,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from graph.contracts import CaptionSource, Intention, KeyInfo, Relation
 from graph.images import ImageError, ImageLimits, load_image
 from graph.messages import as_data, render_messages
-from graph.models.base import Captioner, YesNoScorer
+from graph.models.base import Captioner, YesNoScorer, complete
 from graph.normalize import content_keywords, normalize_text
 from graph.parsing import clean_completion, full_sentence, parse_key_info, parse_yes_no
 from graph.state import Candidate, PostState
@@ -82,8 +82,8 @@ class MikoNodes:
             text=as_data(text),
             caption=as_data(state.get("caption") or "none"),
         )
-        model = self.deps.llm.bind(max_tokens=self.config.extract_max_new_tokens)
-        reply = _content(await model.ainvoke(messages))
+        [answer] = await complete(self.deps.llm, [messages], max_tokens=self.config.extract_max_new_tokens)
+        reply = answer.text
         # The template prefills "concept:"; a backend that continued it returns the rest of that line.
         key_info, ok = parse_key_info(reply if reply.lstrip().lower().startswith("concept") else f"concept: {reply}")
         update: PostState = {"text": text, "key_info": key_info, "pending": list(Relation), "round": 0}
@@ -98,17 +98,16 @@ class MikoNodes:
         relations = state["pending"]
         conversations = [self._generate_messages(state, relation) for relation in relations]
         temperature = self.config.retry_temperature if state.get("round", 0) > 0 else 0.0
-        # One agenerate call for all relations: the backend sees them together (and it costs half of abatch).
-        result = await self.deps.llm.agenerate(
-            conversations, stop=["\n"], max_tokens=self.config.max_new_tokens, temperature=temperature
+        # One call for all relations: the backend sees them together (batched and sharing their prefix).
+        replies = await complete(
+            self.deps.llm, conversations, stop=["\n"], max_tokens=self.config.max_new_tokens, temperature=temperature
         )
-        replies = [generations[0].message for generations in result.generations]
         accepted = [item.text for item in state.get("intentions", {}).values() if item.verified]
         candidates: list[Candidate] = []
         for relation, reply in zip(relations, replies, strict=True):
             stem = self.deps.prompts.relation(relation).stem
-            cut_short = reply.response_metadata.get("finish_reason") == "length"
-            cleaned = clean_completion(_content(reply), stem, previous=accepted, truncated=cut_short)
+            cut_short = reply.finish_reason == "length"
+            cleaned = clean_completion(reply.text, stem, previous=accepted, truncated=cut_short)
             accepted.append(cleaned.text)
             attempts = state.get("round", 0) + 1
             candidates.append(
@@ -185,9 +184,9 @@ class MikoNodes:
             scores = await self.deps.llm.ayes_probability(conversations)
         missing = [i for i, score in enumerate(scores) if score is None]
         if missing:
-            result = await self.deps.llm.agenerate([conversations[i] for i in missing], max_tokens=3)
-            for i, generations in zip(missing, result.generations, strict=True):
-                scores[i] = parse_yes_no(_content(generations[0].message))
+            answers = await complete(self.deps.llm, [conversations[i] for i in missing], max_tokens=3)
+            for i, answer in zip(missing, answers, strict=True):
+                scores[i] = parse_yes_no(answer.text)
         return [0.0 if c["parse_failed"] else s for c, s in zip(candidates, scores, strict=True)]
 
     def _verify_messages(self, state: PostState, candidate: Candidate) -> list[BaseMessage]:
@@ -225,10 +224,3 @@ def _better(current: Intention | None, new: Intention) -> Intention:
     if current.verified:
         return current
     return new if (new.score or 0.0) >= (current.score or 0.0) else current
-
-
-def _content(reply: BaseMessage) -> str:
-    content = reply.content
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_batch_size: int = 16
     max_wait_ms: float = 15.0
     max_new_tokens: int = 24
+    local_runtime: Literal["auto", "native", "transformers"] = Field(
+        "auto", description="Local models: native Llama runtime (fast start), transformers, or auto (native if able)."
+    )
     post_deadline_s: float = 600.0
 
     # input limits

@@ -39,6 +39,7 @@ def llm_config(settings: Settings) -> LLMConfig:
         max_wait_ms=settings.max_wait_ms,
         max_new_tokens=settings.max_new_tokens,
         openai_api_key=secret(settings.openai_api_key),
+        local_runtime=settings.local_runtime,
     )
 
 

@@ -101,8 +101,8 @@ async def test_batched_greedy_equals_unbatched_with_left_padding(tiny_model_dir:
     prompts = [prompt(i, words=1 + 3 * i) for i in range(5)]  # different lengths -> padding
     alone = [(await model.ainvoke(p, max_tokens=8)).content for p in prompts]
     assert model.handle.engine.generate_calls == 5
-    together = [m.content for m in await model.abatch(prompts, max_tokens=8)]
-    assert model.handle.engine.generate_calls == 6
+    together = [reply.text for reply in await model.acomplete(prompts, max_tokens=8)]
+    assert model.handle.engine.generate_calls == 6  # acomplete submits every prompt at once: one admission
     assert together == alone
     assert len(set(alone)) > 1
 

@@ -1,8 +1,12 @@
 """What the graph needs from models, as small protocols, so any backend can be plugged in.
 
-Text models are LangChain chat models (``langchain_core`` ``BaseChatModel``). Two optional abilities are
+Text models are LangChain chat models (``langchain_core`` ``BaseChatModel``). Three optional abilities are
 discovered at run time:
 
+* :class:`BatchCompleter`: completes many conversations in one call without LangChain's per-call machinery
+  (run managers, callbacks and pydantic results for every prompt cost more than a fake model's answer and a
+  noticeable share of a local model's scheduling). Local and fake models offer it; any other chat model is
+  called through ``agenerate`` by :func:`complete`.
 * :class:`YesNoScorer`: the verify node asks for P(yes) read from next-token logits or logprobs, instead of
   parsing generated text. Local transformers models and OpenAI-compatible servers that return logprobs offer it.
 * :class:`Captioner`: turns an image into a description (vision model or OCR).
@@ -12,11 +16,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from graph.contracts import CaptionSource
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One completion: its text and why it stopped (``stop``, ``length``, or None when unknown)."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class BatchCompleter(Protocol):
+    """A chat model that completes many conversations in one call, with ``agenerate``'s arguments."""
+
+    async def acomplete(
+        self, conversations: Sequence[Sequence[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
+    ) -> list[Reply]:
+        """One reply per conversation; ``kwargs`` are call options (``max_tokens``, ``temperature``)."""
+        ...
+
+
+async def complete(
+    llm: BaseChatModel, conversations: Sequence[Sequence[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
+) -> list[Reply]:
+    """Replies to ``conversations`` from any chat model: the direct path when it has one, else ``agenerate``."""
+    if isinstance(llm, BatchCompleter):
+        return await llm.acomplete(conversations, stop, **kwargs)
+    result = await llm.agenerate([list(c) for c in conversations], stop=stop, **kwargs)
+    replies = []
+    for generations in result.generations:
+        message = generations[0].message  # type: ignore[attr-defined]
+        text = message.content if isinstance(message.content, str) else message.text
+        replies.append(Reply(text, message.response_metadata.get("finish_reason")))
+    return replies
 
 
 @runtime_checkable

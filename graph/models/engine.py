@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from graph.models.chat_tokenizer import ChatTokenizer
+    from graph.models.llama import NativeLlama
+
+    CausalLM = PreTrainedModel | NativeLlama
+    AnyTokenizer = PreTrainedTokenizerBase | ChatTokenizer
+
 log = structlog.get_logger(__name__)
 
 YES_VARIANTS = (" yes", "yes", " Yes", "Yes", " YES", "YES")
@@ -109,7 +115,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
 
 
-def _single_token_ids(tokenizer: PreTrainedTokenizerBase, variants: Sequence[str]) -> list[int]:
+def _single_token_ids(tokenizer: AnyTokenizer, variants: Sequence[str]) -> list[int]:
     ids: set[int] = set()
     for variant in variants:
         encoded = tokenizer.encode(variant, add_special_tokens=False)
@@ -140,8 +146,8 @@ class TransformersEngine:
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
+        model: CausalLM,
+        tokenizer: AnyTokenizer,
         *,
         torch_threads: int | None = None,
         sharing: SharingPolicy | None = DEFAULT_SHARING,
@@ -168,9 +174,9 @@ class TransformersEngine:
         self.generate_calls = 0
         self.score_calls = 0
         self.decode_steps = 0
-        from graph.models.slots import SlotCache  # imports transformers: only once a model is loaded
+        from graph.models.slots import slot_cache_for  # imports torch: only once a model is loaded
 
-        self._slots = SlotCache(model.config.get_text_config().num_hidden_layers)
+        self._slots = slot_cache_for(model, model.config.get_text_config().num_hidden_layers)
         self._rows: list[_Row] = []  # row i lives in slot i
         self._handles = itertools.count()
 

@@ -24,6 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr
 
+from graph.models.base import Reply
 from graph.models.spec import CallOptions, call_options
 from graph.parsing import parse_yes_no
 from prompts import load_prompts
@@ -215,22 +216,36 @@ class FakeChatModel(BaseChatModel):
             self._calls += 1
             return self._pending.popleft() if self._pending else None
 
-    def _answer(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatResult:
+    def _reply(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Reply:
         options = call_options(stop, kwargs, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
-        raw = self.script(messages) if self.script is not None else scripted_output(messages)
+        raw = self.script(list(messages)) if self.script is not None else scripted_output(messages)
         text, finish = apply_call_options(raw, options)
+        return Reply(text, finish)
+
+    def _answer(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatResult:
+        reply = self._reply(messages, stop, kwargs)
         prompt_words = sum(len(_text(m).split()) for m in messages)
         usage = {
             "input_tokens": prompt_words,
-            "output_tokens": len(text.split()),
-            "total_tokens": prompt_words + len(text.split()),
+            "output_tokens": len(reply.text.split()),
+            "total_tokens": prompt_words + len(reply.text.split()),
         }
         message = AIMessage(
-            content=text,
+            content=reply.text,
             usage_metadata=usage,
-            response_metadata={"model_name": self.spec, "finish_reason": finish},
+            response_metadata={"model_name": self.spec, "finish_reason": reply.finish_reason},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def acomplete(
+        self, conversations: Sequence[Sequence[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
+    ) -> list[Reply]:
+        """All conversations in one call (one latency, one scripted error), like a batching backend."""
+        if self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+        if (error := self._next_error()) is not None:
+            raise error
+        return [self._reply(conversation, stop, kwargs) for conversation in conversations]
 
     def _generate(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
+from graph.models.base import Reply
 from graph.models.batcher import ContinuousBatcher
 from graph.models.engine import (
     ChatTurns,
@@ -30,9 +31,18 @@ from graph.models.engine import (
     ScoreRequest,
     TransformersEngine,
 )
+from graph.models.llama_config import is_native_llama
 from graph.models.spec import call_options
 
-__all__ = ["LocalChatModel", "LocalEngineHandle", "ModelLoadError", "PromptTooLongError", "chat_turns", "load_engine"]
+__all__ = [
+    "LocalChatModel",
+    "LocalEngineHandle",
+    "ModelLoadError",
+    "PromptTooLongError",
+    "Runtime",
+    "chat_turns",
+    "load_engine",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +73,42 @@ def chat_turns(messages: Sequence[BaseMessage]) -> ChatTurns:
 # -- loading -------------------------------------------------------------------------------------------------
 
 
-def load_engine(source: str | Path, *, torch_threads: int | None = None) -> TransformersEngine:
-    """Load a model folder (or hub id present in the local cache) in float32 for CPU inference."""
+Runtime = Literal["auto", "native", "transformers"]
+
+
+def load_engine(
+    source: str | Path, *, torch_threads: int | None = None, runtime: Runtime = "auto"
+) -> TransformersEngine:
+    """Load a model folder (or hub id present in the local cache) in float32 for CPU inference.
+
+    ``auto`` runs plain Llama folders (the default SmolLM2 among them) on the native runtime
+    (:mod:`graph.models.llama`, starts in ~1/3 of the time) and everything else on transformers.
+    """
+    folder = Path(source)
+    if runtime == "native" or (runtime == "auto" and is_native_llama(folder)):
+        model, tokenizer = _load_native(folder)
+    else:
+        model, tokenizer = _load_transformers(source)
+    try:
+        return TransformersEngine(model, tokenizer, torch_threads=torch_threads)
+    except ValueError as error:
+        raise ModelLoadError(f"cannot use local model {str(source)!r}: {error}") from error
+
+
+def _load_native(folder: Path) -> tuple[Any, Any]:
+    from graph.models.chat_tokenizer import ChatTokenizer
+    from graph.models.llama import load_native_llama
+
+    try:
+        return load_native_llama(folder), ChatTokenizer.from_folder(folder)
+    except Exception as error:  # unsupported config, missing or corrupt files: all mean "fix the folder"
+        raise ModelLoadError(
+            f"cannot load local model {str(folder)!r} on the native runtime: {error}. "
+            "Use a plain Llama folder with model.safetensors and tokenizer.json, or MIKO_LOCAL_RUNTIME=transformers."
+        ) from error
+
+
+def _load_transformers(source: str | Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -78,10 +122,7 @@ def load_engine(source: str | Path, *, torch_threads: int | None = None) -> Tran
             f"cannot load local model {str(source)!r}: {error}. Pass a folder with config.json, tokenizer "
             "and weights (hub downloads are off on this machine), or use the default `smollm2`."
         ) from error
-    try:
-        return TransformersEngine(model, tokenizer, torch_threads=torch_threads)
-    except ValueError as error:
-        raise ModelLoadError(f"cannot use local model {str(source)!r}: {error}") from error
+    return model, tokenizer
 
 
 class LocalEngineHandle:
@@ -159,6 +200,15 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         return self._result(await self.handle.batcher.arun(self._request(messages, stop, kwargs)))
+
+    async def acomplete(
+        self, conversations: Sequence[Sequence[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
+    ) -> list[Reply]:
+        """Every conversation straight into the engine's batch (no LangChain run per prompt)."""
+        options = call_options(stop, kwargs, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        requests = [GenerateRequest(chat_turns(c), options) for c in conversations]
+        completions = await asyncio.gather(*(self.handle.batcher.arun(r) for r in requests))
+        return [Reply(c.text, c.finish_reason) for c in completions]  # type: ignore[union-attr]
 
     async def ayes_probability(self, conversations: Sequence[Sequence[BaseMessage]]) -> list[float | None]:
         """P(yes) from next-token logits, computed in the same passes as the prompts of generations."""

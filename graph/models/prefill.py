@@ -10,7 +10,8 @@ Two kinds of waste are avoided on top of plain left-padded batching:
 
 Layout of a stage-2 row: ``[pad][prefix of its group] [pad][suffix]``; both halves are left-padded, the
 attention mask hides the pads and positions come from the mask, so the gap in the middle is invisible.
-Works for models whose cache is a plain per-layer key/value tensor pair (Llama-like ``DynamicCache``).
+Works for models whose cache is a plain per-layer key/value tensor pair (Llama-like ``DynamicCache``, or the
+native Llama's :class:`graph.models.llama.GrowingCache`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from graph.models.prefix import CachedPrefix, LayerKV, PrefixCache, PrefixPlan, 
 
 if TYPE_CHECKING:
     import torch
-    from transformers import DynamicCache, PreTrainedModel
+    from transformers import PreTrainedModel
+
+    from graph.models.llama import GrowingCache
 
 MAX_PADDING = 0.1
 PADDING_ALLOWANCE = 4  # tokens per row always tolerated (tiny chunks are not worth their own forward call)
@@ -70,7 +73,7 @@ def length_chunks(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> l
 class _RowKV:
     """Where one row's keys/values ended up: a forward pass's cache, the row's index in it, its mask row."""
 
-    cache: DynamicCache
+    cache: GrowingCache
     index: int
     mask: torch.Tensor
 
@@ -93,6 +96,18 @@ class PassResult:
         return [
             (layer.keys[where.index][:, columns], layer.values[where.index][:, columns]) for layer in where.cache.layers
         ]
+
+
+def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None) -> GrowingCache:
+    """An empty (or pre-filled) per-pass cache of the kind ``model`` takes."""
+    make = getattr(model, "new_cache", None)
+    if make is not None:  # the native Llama
+        return make(initial)  # type: ignore[no-any-return]
+    from transformers import DynamicCache
+
+    if initial is None:
+        return DynamicCache(config=model.config)  # type: ignore[return-value]
+    return DynamicCache(ddp_cache_data=initial, config=model.config)  # type: ignore[return-value]
 
 
 def run_prompts(
@@ -137,10 +152,8 @@ def _run_full(
     logits: list[torch.Tensor | None],
     located: list[_RowKV | None],
 ) -> int:
-    from transformers import DynamicCache
-
     ids, mask = left_pad(prompts, pad_id)
-    run = DynamicCache(config=model.config)
+    run = new_cache(model)
     output = model(
         input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=run, use_cache=True, logits_to_keep=1
     )
@@ -155,8 +168,6 @@ def _prefix_kv(
 ) -> tuple[dict[int, list[LayerKV]], int]:
     """Stage 1: each group's prefix keys/values ``[kv_heads, length, head_dim]``, from the cache or computed
     (in length chunks); computed ones are stored in the cache. Returns them and the positions run."""
-    from transformers import DynamicCache
-
     found: dict[int, list[LayerKV]] = {}
     for group in groups:
         entry = plan.cached[group]
@@ -167,7 +178,7 @@ def _prefix_kv(
     for chunk in length_chunks([len(plan.prefixes[g]) for g in todo]):
         members = [todo[i] for i in chunk]
         ids, mask = left_pad([plan.prefixes[g] for g in members], pad_id)
-        run = DynamicCache(config=model.config)
+        run = new_cache(model)
         model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=run, use_cache=True,
               logits_to_keep=1)  # fmt: skip
         padded += ids.numel()
@@ -193,7 +204,6 @@ def _run_suffixes(
 ) -> int:
     """Stage 2 for one chunk: the rows' prefix keys/values side by side (left-padded), their suffixes on top."""
     import torch
-    from transformers import DynamicCache
 
     groups = [plan.group_of[i] for i in members]
     prefix_ids, prefix_mask = left_pad([plan.prefixes[g] for g in groups], pad_id)
@@ -205,7 +215,7 @@ def _run_suffixes(
         layers.append((keys, values))
     suffix_ids, suffix_mask = left_pad([plan.suffixes[i] for i in members], pad_id)
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-    run = DynamicCache(ddp_cache_data=layers, config=model.config)
+    run = new_cache(model, layers)
     output = model(
         input_ids=suffix_ids, attention_mask=mask, position_ids=positions(mask)[:, width:], cache=run,
         use_cache=True, logits_to_keep=1,

@@ -14,7 +14,7 @@ import structlog
 from langchain_core.language_models import BaseChatModel
 
 from graph.models.base import ModelSpecError
-from graph.models.local import LocalChatModel, LocalEngineHandle, load_engine
+from graph.models.local import LocalChatModel, LocalEngineHandle, Runtime, load_engine
 from graph.models.spec import LLMSpec, parse_llm_spec
 
 log = structlog.get_logger(__name__)
@@ -36,13 +36,15 @@ class LLMConfig:
     openai_continue_final_message: bool = False
     """vLLM: continue a trailing assistant (prefill) message instead of starting a new turn."""
     request_timeout_s: float = 120.0
+    local_runtime: Runtime = "auto"
+    """Local models: ``native`` Llama runtime, ``transformers``, or ``auto`` (native for plain Llamas)."""
 
 
 _engines: dict[tuple[object, ...], LocalEngineHandle] = {}
 _engines_lock = threading.Lock()
 
 
-def _local_source(spec: LLMSpec, config: LLMConfig) -> str:
+def local_source(spec: LLMSpec, config: LLMConfig) -> str:
     """A folder (or cached hub id) that ``from_pretrained`` can load without the network."""
     from graph.models import smollm2
 
@@ -60,17 +62,17 @@ def _local_source(spec: LLMSpec, config: LLMConfig) -> str:
 
 
 def _local_model(spec: LLMSpec, config: LLMConfig) -> BaseChatModel:
-    source = _local_source(spec, config)
-    key = (source, config.max_batch_size, config.max_wait_ms, config.torch_threads)
+    source = local_source(spec, config)
+    key = (source, config.max_batch_size, config.max_wait_ms, config.torch_threads, config.local_runtime)
     with _engines_lock:
         handle = _engines.get(key)
         if handle is None or handle.batcher.closed:
-            engine = load_engine(source, torch_threads=config.torch_threads)
+            engine = load_engine(source, torch_threads=config.torch_threads, runtime=config.local_runtime)
             handle = LocalEngineHandle(
                 engine, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, name=str(spec)
             )
             _engines[key] = handle
-            log.info("local_model_loaded", model=str(spec), source=source)
+            log.info("local_model_loaded", model=str(spec), source=source, runtime=type(engine.model).__name__)
     return LocalChatModel(
         spec=str(spec), handle=handle, max_new_tokens=config.max_new_tokens, temperature=config.temperature
     )

@@ -8,16 +8,15 @@ step through an explicit attention mask and explicit positions (no padding side,
 row's slot is refilled by moving the last live row into it, so live rows are always slots ``0 .. live - 1``
 and a step runs over exactly the live rows.
 
-It plugs into Hugging Face models as a ``Cache`` whose ``update`` writes the step's keys/values and returns
-views of the live rows; the caller passes a prepared 4D mask, which the models use as is.
+Its ``update`` writes the step's keys/values and returns views of the live rows; the caller passes a prepared
+4D mask, which the models use as is. The native Llama (:mod:`graph.models.llama`) takes it as it is; Hugging
+Face models need a ``transformers.Cache``, which :func:`slot_cache_for` makes by mixing that class in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from transformers import Cache
 
 if TYPE_CHECKING:
     import torch
@@ -26,11 +25,10 @@ GROW_COLUMNS = 64
 GROW_SLOTS = 8
 
 
-class SlotCache(Cache):
+class SlotCache:
     """Per-layer ``[slots, kv_heads, width, head_dim]`` tensors, grown on demand; used from one thread only."""
 
     def __init__(self, num_layers: int) -> None:
-        super().__init__(layers=[])
         self.num_layers = num_layers
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -136,3 +134,19 @@ class SlotCache(Cache):
                     tensors[number] = grown
                 else:
                     tensors.append(grown)
+
+
+def slot_cache_for(model: Any, num_layers: int) -> SlotCache:
+    """A slot cache ``model`` accepts: plain for the native Llama, a ``transformers.Cache`` for the others."""
+    from graph.models.llama import NativeLlama
+
+    if isinstance(model, NativeLlama):
+        return SlotCache(num_layers)
+    from transformers import Cache
+
+    class TransformersSlotCache(SlotCache, Cache):
+        def __init__(self, layers: int) -> None:
+            Cache.__init__(self, layers=[])
+            SlotCache.__init__(self, layers)
+
+    return TransformersSlotCache(num_layers)
