@@ -16,7 +16,8 @@ completes a stop string. Cold start runs in fresh interpreters (the first start 
 last is reported): ``build_chat_model`` to first token, and process start (imports included) to first token.
 
 Run from the project root (targets and results: bench/RESULTS.md):
-    python -m bench.throughput --data ../shared/data/mmsd_valid_captioned.jsonl --posts 48 --llm smollm2
+    python -m bench.throughput --data ../shared/data/mmsd_valid_captioned.jsonl --posts 48 --sequential-posts 2 \
+        --llm smollm2
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     max_rounds: int = Field(2, description="Regeneration rounds for rejected relations after the first.")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     openai_api_key: SecretStr | None = None
-    max_batch_size: int = 16
+    max_batch_size: int = Field(
+        64, description="Local models: rows decoded together (64 decodes ~1.5x the tokens/s of 16 on 2 cores)."
+    )
     max_wait_ms: float = 15.0
     max_new_tokens: int = 24
     local_runtime: Literal["auto", "native", "transformers"] = Field(

@@ -34,7 +34,7 @@ class SharingPolicy:
 
     min_tokens: int = 16
     min_ratio: float = 0.5
-    cache_mb: float = 512.0
+    cache_mb: float = 2048.0
     """Memory for prefixes kept between batches (0 disables the cache)."""
 
 

@@ -25,7 +25,7 @@ class LLMConfig:
     """Knobs of the text model, shared by every backend (each uses the ones that apply to it)."""
 
     cache_dir: Path
-    max_batch_size: int = 16
+    max_batch_size: int = 64
     max_wait_ms: float = 15.0
     max_new_tokens: int = 24
     temperature: float = 0.0
