@@ -28,3 +28,20 @@ def fresh_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     """A broker of the test's own, for tests that stop or restart it."""
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama and tokenizer, saved once per test session (see test_models_local)."""
+    from test_models_local import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def fresh_local_engines() -> Iterator[None]:
+    """Stops the shared local-model engines after the test, so the next one loads its own."""
+    yield
+    from graph.models.registry import shutdown_local_models
+
+    shutdown_local_models()

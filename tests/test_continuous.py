@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-from test_models_local import save_tiny_model
 
 from graph.models.batcher import ContinuousBatcher, Running
 from graph.models.engine import CallTrace
 from graph.models.local import LocalChatModel
-from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
+from graph.models.registry import LLMConfig, build_chat_model
 
 
 class Counter:
@@ -120,15 +119,7 @@ def test_close_finishes_running_and_queued_work() -> None:
 # -- the engine on a tiny random-weight Llama ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    yield
-    shutdown_local_models()
+pytestmark = pytest.mark.usefixtures("fresh_local_engines")
 
 
 def chat(post: str) -> list:

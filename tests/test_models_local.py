@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import string
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graph.models.base import YesNoScorer
 from graph.models.local import LocalChatModel, ModelLoadError, PromptTooLongError, chat_turns
-from graph.models.registry import LLMConfig, build_chat_model, describe_llm, shutdown_local_models
+from graph.models.registry import LLMConfig, build_chat_model, describe_llm
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -64,15 +63,7 @@ def save_tiny_model(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    yield
-    shutdown_local_models()
+pytestmark = pytest.mark.usefixtures("fresh_local_engines")
 
 
 def build(folder: Path, tmp_path: Path, **config: object) -> LocalChatModel:

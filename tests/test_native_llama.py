@@ -16,12 +16,6 @@ from graph.models.llama_config import UnsupportedModelError, is_native_llama, re
 from graph.models.local import ModelLoadError, load_engine
 from graph.models.prefill import left_pad, positions
 from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
-from tests.test_models_local import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-native"))
 
 
 def save_untied(folder: Path) -> Path:
@@ -43,8 +37,8 @@ ROWS = [[5, 9, 13, 4, 22, 7, 8], [30, 31], [3, 17, 50, 51, 52]]
 
 
 @pytest.mark.parametrize("which", ["tied", "untied"])
-def test_logits_match_transformers_on_a_left_padded_batch(which: str, tiny_dir: Path, tmp_path: Path) -> None:
-    folder = tiny_dir if which == "tied" else save_untied(tmp_path)
+def test_logits_match_transformers_on_a_left_padded_batch(which: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tiny_model_dir if which == "tied" else save_untied(tmp_path)
     native, hf = both(folder)
     ids, mask = left_pad(ROWS, 0)
     with torch.inference_mode():
@@ -54,8 +48,8 @@ def test_logits_match_transformers_on_a_left_padded_batch(which: str, tiny_dir: 
     assert torch.allclose(mine.logits[real], theirs.logits[real], atol=1e-4)
 
 
-def test_cached_continuation_matches_transformers(tiny_dir: Path) -> None:
-    native, hf = both(tiny_dir)
+def test_cached_continuation_matches_transformers(tiny_model_dir: Path) -> None:
+    native, hf = both(tiny_model_dir)
     ids, mask = left_pad(ROWS, 0)
     step_ids = torch.tensor([[11], [12], [14]])
     full_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
@@ -73,9 +67,9 @@ def test_cached_continuation_matches_transformers(tiny_dir: Path) -> None:
     assert torch.allclose(mine_keys[real], their_keys[real], atol=1e-4)
 
 
-def test_engines_on_both_runtimes_generate_and_score_the_same(tiny_dir: Path) -> None:
-    native = load_engine(tiny_dir, runtime="native")
-    hf = load_engine(tiny_dir, runtime="transformers")
+def test_engines_on_both_runtimes_generate_and_score_the_same(tiny_model_dir: Path) -> None:
+    native = load_engine(tiny_model_dir, runtime="native")
+    hf = load_engine(tiny_model_dir, runtime="transformers")
     assert isinstance(native.model, NativeLlama) and isinstance(hf.model, LlamaForCausalLM)
     assert native.eos_ids == hf.eos_ids and native.pad_id == hf.pad_id
     assert native.yes_ids == hf.yes_ids and native.no_ids == hf.no_ids
@@ -84,11 +78,11 @@ def test_engines_on_both_runtimes_generate_and_score_the_same(tiny_dir: Path) ->
     assert native.render(turns[:2]) == hf.render(turns[:2])
 
 
-async def test_auto_runtime_serves_the_chat_model_natively(tiny_dir: Path, tmp_path: Path) -> None:
+async def test_auto_runtime_serves_the_chat_model_natively(tiny_model_dir: Path, tmp_path: Path) -> None:
     chat = [SystemMessage("Complete the sentence."), HumanMessage("Post: marathon friends"), AIMessage("The user")]
     replies = {}
     for runtime in ("auto", "transformers"):
-        model = build_chat_model(f"hf:{tiny_dir}", LLMConfig(cache_dir=tmp_path, local_runtime=runtime))
+        model = build_chat_model(f"hf:{tiny_model_dir}", LLMConfig(cache_dir=tmp_path, local_runtime=runtime))
         replies[runtime] = (await model.ainvoke(chat, max_tokens=12)).content
         scores = await model.ayes_probability([chat[:2]])  # type: ignore[attr-defined]
         replies[runtime + " score"] = round(scores[0], 4)
@@ -99,8 +93,8 @@ async def test_auto_runtime_serves_the_chat_model_natively(tiny_dir: Path, tmp_p
     assert replies["auto score"] == replies["transformers score"]
 
 
-def test_chat_tokenizer_matches_transformers(tiny_dir: Path) -> None:
-    mine, theirs = ChatTokenizer.from_folder(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+def test_chat_tokenizer_matches_transformers(tiny_model_dir: Path) -> None:
+    mine, theirs = ChatTokenizer.from_folder(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
     assert (mine.eos_token_id, mine.pad_token_id) == (theirs.eos_token_id, theirs.pad_token_id)
     text = "Post: I ran my first marathon today, yes!  "
     assert mine.encode(text) == theirs.encode(text, add_special_tokens=False)
@@ -114,8 +108,8 @@ def test_chat_tokenizer_matches_transformers(tiny_dir: Path) -> None:
         )
 
 
-def test_chat_tokenizer_refuses_what_it_cannot_render(tmp_path: Path, tiny_dir: Path) -> None:
-    mine = ChatTokenizer.from_folder(tiny_dir)
+def test_chat_tokenizer_refuses_what_it_cannot_render(tmp_path: Path, tiny_model_dir: Path) -> None:
+    mine = ChatTokenizer.from_folder(tiny_model_dir)
     with pytest.raises(ValueError, match="cannot both"):
         mine.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
                                  continue_final_message=True)  # fmt: skip
@@ -124,9 +118,9 @@ def test_chat_tokenizer_refuses_what_it_cannot_render(tmp_path: Path, tiny_dir: 
         bare.apply_chat_template([{"role": "user", "content": "x"}])
 
 
-def test_unsupported_configs_go_to_transformers(tmp_path: Path, tiny_dir: Path) -> None:
-    raw = json.loads((tiny_dir / "config.json").read_text())
-    assert is_native_llama(tiny_dir) and read_config(tiny_dir).num_key_value_heads == 2
+def test_unsupported_configs_go_to_transformers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    raw = json.loads((tiny_model_dir / "config.json").read_text())
+    assert is_native_llama(tiny_model_dir) and read_config(tiny_model_dir).num_key_value_heads == 2
     for change in ({"model_type": "mistral"}, {"attention_bias": True}, {"rope_parameters": {"rope_type": "llama3"}}):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         folder.mkdir()

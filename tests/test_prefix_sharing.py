@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from test_models_local import save_tiny_model
 
 from graph.models.engine import CallTrace, TransformersEngine
 from graph.models.local import LocalChatModel
 from graph.models.prefill import length_chunks
 from graph.models.prefix import CachedPrefix, PrefixCache, SharingPolicy, plan_prefixes
-from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
+from graph.models.registry import LLMConfig, build_chat_model
 
 STEMS = ["After posting this, the user wants to", "The user posted this because the user is", "Yes no"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    yield
-    shutdown_local_models()
+pytestmark = pytest.mark.usefixtures("fresh_local_engines")
 
 
 def build(folder: Path, tmp_path: Path) -> LocalChatModel:

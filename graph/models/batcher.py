@@ -1,19 +1,14 @@
-"""Cross-caller batchers: one worker thread per local model turns many callers' requests into batched work.
+"""The continuous batcher: one worker thread per local model turns many callers' requests into batched work.
 
 Why: on a small CPU a 135M model decodes ~21 tok/s for one sequence but ~158 tok/s for 16 at once, so the
 prompts of many concurrent posts (and of their ten relations) must share model passes. Callers on any thread
 or event loop submit a request and get a future; the single worker thread owns the model (no locks around
 torch, the event loop never blocks) and routes each result or exception back to its own caller.
 
-Two workers share that front end:
-
-* :class:`MicroBatcher` waits at most ``max_wait_ms`` after the oldest request arrived to fill a batch of up to
-  ``max_batch_size`` and calls ``run_batch(requests) -> results`` (each result a value or an exception for that
-  request alone). If ``run_batch`` itself raises, the batch is retried one request at a time so that a single
-  bad request fails only its own caller.
-* :class:`ContinuousBatcher` drives a :class:`Stepper` (continuous batching): requests join a running batch
-  between decode steps and leave it the moment they finish, so a short completion never waits for the longest
-  one in its batch and the batch stays full while work is queued.
+:class:`ContinuousBatcher` drives a :class:`Stepper`: requests join a running batch between decode steps and
+leave it the moment they finish, so a short completion never waits for the longest one in its batch and the
+batch stays full while work is queued. A prompt pass that raises is retried one request at a time, so that a
+single bad request fails only its own caller.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ import concurrent.futures
 import queue
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +30,6 @@ log = structlog.get_logger(__name__)
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
-RunBatch = Callable[[Sequence[Req]], Sequence[Res | BaseException]]
-
 
 class BatcherClosedError(RuntimeError):
     """The batcher was closed; build a new model (``build_chat_model``) to get a running one."""
@@ -47,8 +39,7 @@ class BatcherClosedError(RuntimeError):
 class BatcherStats:
     """Counters for metrics and tests; updated by the worker thread only.
 
-    A "batch" is one ``run_batch`` call (:class:`MicroBatcher`) or one admission of new requests into the
-    running batch (:class:`ContinuousBatcher`).
+    A "batch" is one admission of new requests into the running batch (one prompt pass).
     """
 
     batches: int = 0
@@ -77,16 +68,59 @@ class _Job(Generic[Req, Res]):
 _STOP = object()
 
 
-class _WorkerBatcher(ABC, Generic[Req, Res]):
-    """The front end both batchers share: a queue, futures, one lazily started worker thread, closing."""
+class Running:
+    """Marks a request that joined the running batch; its result comes later from :meth:`Stepper.step`."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Hashable) -> None:
+        self.handle = handle
+
+
+class Stepper(Protocol[Req, Res]):
+    """A model that runs requests in a batch that rows join and leave between steps (used by one thread)."""
+
+    @property
+    def live(self) -> int:
+        """Requests in the running batch."""
+        ...
+
+    def needs_slot(self, request: Req) -> bool:
+        """False for requests answered by :meth:`start` alone (e.g. a scoring pass), which take no slot."""
+        ...
+
+    def start(self, requests: Sequence[Req]) -> Sequence[Res | BaseException | Running]:
+        """Run the requests' prompts; answer those that need nothing more, add the others to the batch.
+
+        Must be all-or-nothing: if it raises, no request joined the batch.
+        """
+        ...
+
+    def step(self) -> Sequence[tuple[Hashable, Res | BaseException]]:
+        """One decoding step for the whole batch; returns the requests that finished (they leave it)."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop every running request (after :meth:`step` raised)."""
+        ...
+
+
+class ContinuousBatcher(Generic[Req, Res]):
+    """Drives a :class:`Stepper`: admits queued requests into free slots between steps, settles finished ones.
+
+    Admission runs the newcomers' prompts in one pass (which pauses decoding), so it waits until at least a
+    quarter of the ``max_batch_size`` slots are free, or the batch is empty; when idle it waits ``max_wait_ms``
+    after the oldest request arrived so that concurrent callers share the first pass.
+    """
 
     def __init__(
         self,
+        stepper: Stepper[Req, Res],
         *,
-        max_batch_size: int,
-        max_wait_ms: float,
-        name: str,
-        on_worker_start: Callable[[], None] | None,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 15.0,
+        name: str = "model",
+        on_worker_start: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -101,6 +135,10 @@ class _WorkerBatcher(ABC, Generic[Req, Res]):
         self._lock = threading.Lock()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._stepper = stepper
+        self.admit_free_slots = max(1, max_batch_size // 4)
+        self._pending: deque[_Job[Req, Res]] = deque()
+        self._running: dict[Hashable, _Job[Req, Res]] = {}
 
     # -- callers -----------------------------------------------------------------------------------------
 
@@ -149,10 +187,6 @@ class _WorkerBatcher(ABC, Generic[Req, Res]):
                 log.warning("batcher_start_hook_failed", batcher=self.name, error=repr(error))
         self._work()
 
-    @abstractmethod
-    def _work(self) -> None:
-        """The worker loop: runs until a stop marker is taken from the queue and queued work is done."""
-
     def _live(self, jobs: Sequence[_Job[Req, Res]]) -> list[_Job[Req, Res]]:
         """The jobs whose callers still want them (marks them running, so they can no longer be cancelled)."""
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
@@ -165,136 +199,6 @@ class _WorkerBatcher(ABC, Generic[Req, Res]):
             job.future.set_exception(result)
         else:
             job.future.set_result(result)
-
-
-class MicroBatcher(_WorkerBatcher[Req, Res]):
-    """Coalesces requests from many callers into calls of ``run_batch`` on one worker thread."""
-
-    def __init__(
-        self,
-        run_batch: RunBatch[Req, Res],
-        *,
-        max_batch_size: int = 16,
-        max_wait_ms: float = 15.0,
-        name: str = "model",
-        on_worker_start: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(
-            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=name, on_worker_start=on_worker_start
-        )
-        self._run_batch = run_batch
-
-    def _work(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch, stopping = self._collect(first)  # type: ignore[arg-type]
-            live = self._live(batch)
-            if live:
-                self.stats.record(len(live))
-                self._execute(live)
-
-    def _collect(self, first: _Job[Req, Res]) -> tuple[list[_Job[Req, Res]], bool]:
-        """Fill a batch until it is full or ``max_wait`` has passed since the *oldest* request arrived.
-
-        Requests that queued while the model was busy are therefore taken at once, without extra waiting.
-        """
-        batch = [first]
-        deadline = first.enqueued + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)  # type: ignore[arg-type]
-        return batch, False
-
-    def _execute(self, jobs: list[_Job[Req, Res]]) -> None:
-        try:
-            results = list(self._run_batch([job.request for job in jobs]))
-            if len(results) != len(jobs):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(jobs)} requests")
-        except Exception as error:
-            if len(jobs) == 1:
-                self._settle(jobs[0], error)
-                return
-            log.warning("batch_failed_retrying_singly", batcher=self.name, size=len(jobs), error=repr(error))
-            for job in jobs:
-                self._execute([job])
-            return
-        for job, result in zip(jobs, results, strict=True):
-            self._settle(job, result)
-
-
-# -- continuous batching ------------------------------------------------------------------------------------
-
-
-class Running:
-    """Marks a request that joined the running batch; its result comes later from :meth:`Stepper.step`."""
-
-    __slots__ = ("handle",)
-
-    def __init__(self, handle: Hashable) -> None:
-        self.handle = handle
-
-
-class Stepper(Protocol[Req, Res]):
-    """A model that runs requests in a batch that rows join and leave between steps (used by one thread)."""
-
-    @property
-    def live(self) -> int:
-        """Requests in the running batch."""
-        ...
-
-    def needs_slot(self, request: Req) -> bool:
-        """False for requests answered by :meth:`start` alone (e.g. a scoring pass), which take no slot."""
-        ...
-
-    def start(self, requests: Sequence[Req]) -> Sequence[Res | BaseException | Running]:
-        """Run the requests' prompts; answer those that need nothing more, add the others to the batch.
-
-        Must be all-or-nothing: if it raises, no request joined the batch.
-        """
-        ...
-
-    def step(self) -> Sequence[tuple[Hashable, Res | BaseException]]:
-        """One decoding step for the whole batch; returns the requests that finished (they leave it)."""
-        ...
-
-    def abandon(self) -> None:
-        """Drop every running request (after :meth:`step` raised)."""
-        ...
-
-
-class ContinuousBatcher(_WorkerBatcher[Req, Res]):
-    """Drives a :class:`Stepper`: admits queued requests into free slots between steps, settles finished ones.
-
-    Admission runs the newcomers' prompts in one pass (which pauses decoding), so it waits until at least a
-    quarter of the ``max_batch_size`` slots are free, or the batch is empty; when idle it waits ``max_wait_ms``
-    after the oldest request arrived so that concurrent callers share the first pass.
-    """
-
-    def __init__(
-        self,
-        stepper: Stepper[Req, Res],
-        *,
-        max_batch_size: int = 16,
-        max_wait_ms: float = 15.0,
-        name: str = "model",
-        on_worker_start: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(
-            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, name=name, on_worker_start=on_worker_start
-        )
-        self._stepper = stepper
-        self.admit_free_slots = max(1, max_batch_size // 4)
-        self._pending: deque[_Job[Req, Res]] = deque()
-        self._running: dict[Hashable, _Job[Req, Res]] = {}
 
     def _work(self) -> None:
         stopping = False
