@@ -53,9 +53,9 @@ from pydantic import ConfigDict, PrivateAttr
 
 from graph.contracts import IntentionEvent, Post
 from graph.intake import InputLimits, IntakeError, decode_post
-from graph.models.engine import CallTrace, FinishedRow, TransformersEngine
 from graph.models.local import LocalChatModel, LocalEngineHandle
-from graph.models.prefix import PrefixCache
+from graph.models.local.engine import CallTrace, FinishedRow, LocalEngine
+from graph.models.local.prefix import PrefixCache
 from graph.models.spec import CallOptions
 from graph.pipeline import MikoPipeline, PostFailed
 
@@ -211,7 +211,7 @@ def load_posts(path: Path, count: int) -> list[Post]:
 
 
 async def run_phase(
-    name: str, pipeline: MikoPipeline, engine: TransformersEngine, posts: Sequence[Post], in_flight: int
+    name: str, pipeline: MikoPipeline, engine: LocalEngine, posts: Sequence[Post], in_flight: int
 ) -> PhaseResult:
     """Process ``posts`` with at most ``in_flight`` at a time; record the engine's calls meanwhile."""
     recorder = Recorder()
@@ -265,9 +265,7 @@ def count_generated(row: Sequence[int], finished_ids: set[int]) -> int:
     return len(row)
 
 
-def bare_generate(
-    engine: TransformersEngine, rows: Sequence[FinishedRow], batch_size: int, limit: int
-) -> GenerateResult:
+def bare_generate(engine: LocalEngine, rows: Sequence[FinishedRow], batch_size: int, limit: int) -> GenerateResult:
     """Replay the prompts of ``rows`` with plain ``model.generate``: same budgets and stops, greedy.
 
     At most ``limit`` prompts, taken at an even stride so the mix of kinds (extract, generate) is (b)'s.
@@ -275,7 +273,7 @@ def bare_generate(
     import torch
     from transformers import GenerationConfig
 
-    from graph.models.prefill import left_pad
+    from graph.models.local.prefill import left_pad
 
     calls = [(row.prompt, row.options) for row in rows]
     stride = max(1, -(-len(calls) // max(limit, 1)))
@@ -309,7 +307,7 @@ def bare_generate(
     return GenerateResult(prompts, batches, tokens, seconds)
 
 
-def reference_engine(args: argparse.Namespace) -> TransformersEngine:
+def reference_engine(args: argparse.Namespace) -> LocalEngine:
     """The same weights loaded by transformers, whose ``generate`` is (c)'s reference."""
     from graph.models.local import load_engine
     from graph.models.registry import local_source
@@ -375,7 +373,7 @@ def measure_cold_start(llm: str, starts: int) -> list[dict[str, float]]:
 
 def build_pipelines(
     args: argparse.Namespace,
-) -> tuple[MikoPipeline, MikoPipeline, TransformersEngine, LocalEngineHandle]:
+) -> tuple[MikoPipeline, MikoPipeline, LocalEngine, LocalEngineHandle]:
     """(b)'s pipeline as the service wires it, and (a)'s: same graph and engine, one call at a time."""
     from graph.nodes import GraphDeps
     from miko_stream.settings import Settings
@@ -449,7 +447,7 @@ async def run_phases(
     args: argparse.Namespace,
     sequential: MikoPipeline,
     pipeline: MikoPipeline,
-    engine: TransformersEngine,
+    engine: LocalEngine,
     posts: Sequence[Post],
 ) -> tuple[PhaseResult | None, PhaseResult | None]:
     """Warm up, then (a) and (b), in one event loop (the baseline's lock belongs to it)."""

@@ -9,7 +9,7 @@ import threading
 import pytest
 from test_continuous import Counter
 
-from graph.models.batcher import BatcherClosedError, ContinuousBatcher
+from graph.models.local.batcher import BatcherClosedError, ContinuousBatcher
 
 
 async def test_cancelled_requests_are_skipped() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from graph.models.batcher import ContinuousBatcher, Running
-from graph.models.engine import CallTrace
 from graph.models.local import LocalChatModel
+from graph.models.local.batcher import ContinuousBatcher, Running
+from graph.models.local.engine import CallTrace
 from graph.models.registry import LLMConfig, build_chat_model
 
 

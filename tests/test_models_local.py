@@ -1,4 +1,4 @@
-"""The transformers backend and its micro-batcher, on a tiny random-weight Llama built offline in the test."""
+"""The local runtime and its continuous batcher, on a tiny random-weight Llama built offline in the test."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from graph.models.chat_tokenizer import ChatTemplateError, ChatTokenizer
-from graph.models.llama import NativeLlama, load_native_llama
-from graph.models.llama_config import UnsupportedModelError, is_native_llama, read_config
 from graph.models.local import ModelLoadError, load_engine
-from graph.models.prefill import left_pad, positions
+from graph.models.local.chat_tokenizer import ChatTemplateError, ChatTokenizer
+from graph.models.local.llama import NativeLlama, load_native_llama
+from graph.models.local.llama_config import UnsupportedModelError, is_native_llama, read_config
+from graph.models.local.prefill import left_pad, positions
 from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from graph.models.engine import CallTrace, TransformersEngine
 from graph.models.local import LocalChatModel
-from graph.models.prefill import length_chunks
-from graph.models.prefix import CachedPrefix, PrefixCache, SharingPolicy, plan_prefixes
+from graph.models.local.engine import CallTrace, LocalEngine
+from graph.models.local.prefill import length_chunks
+from graph.models.local.prefix import CachedPrefix, PrefixCache, SharingPolicy, plan_prefixes
 from graph.models.registry import LLMConfig, build_chat_model
 
 STEMS = ["After posting this, the user wants to", "The user posted this because the user is", "Yes no"]
@@ -87,7 +87,7 @@ def test_prefix_cache_finds_the_longest_prefix_and_evicts_least_recent() -> None
 
 async def test_shared_prefill_equals_full_prefill(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path)
-    engine: TransformersEngine = model.handle.engine
+    engine: LocalEngine = model.handle.engine
     traces: list[CallTrace] = []
     engine.observer = traces.append
     prompts = post_prompts("marathon race friends happy " * 3) + post_prompts("happy race")
@@ -124,7 +124,7 @@ async def test_shared_prefill_equals_full_prefill(tiny_model_dir: Path, tmp_path
 
 async def test_generated_tokens_stop_at_the_stop_string(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path)
-    engine: TransformersEngine = model.handle.engine
+    engine: LocalEngine = model.handle.engine
     traces: list[CallTrace] = []
     engine.observer = traces.append
     full = await model.ainvoke(post_prompts("happy race")[0], max_tokens=10)

@@ -1,7 +1,7 @@
 """Build the chat model a spec string names; local models are loaded once per process and shared.
 
 Every concurrent graph run that asks for the same local model gets a chat model over the *same* engine and
-micro-batcher, which is what lets prompts from different posts share ``generate`` calls.
+continuous batcher, which is what lets prompts from different posts share ``generate`` calls.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The local model's engine: continuous batching of generation and yes/no scoring on one causal LM.
 
-:class:`TransformersEngine` is a :class:`graph.models.batcher.Stepper`, driven from the batcher's one worker
+:class:`LocalEngine` is a :class:`graph.models.local.batcher.Stepper`, driven from the batcher's one worker
 thread. ``start`` renders the newcomers' chats (a trailing assistant message is a *prefill* the model
 continues), runs all their prompts in one pass (prompts that share a prefix run it once, see
-:mod:`graph.models.prefix`), answers scoring requests from that pass's next-token logits and moves generation
-requests into the running batch (:mod:`graph.models.slots`). ``step`` decodes one token for every running
+:mod:`graph.models.local.prefix`), answers scoring requests from that pass's next-token logits and moves generation
+requests into the running batch (:mod:`graph.models.local.slots`). ``step`` decodes one token for every running
 row; a row leaves the batch at EOS, at its own token budget or when one of its stop strings appears.
 Greedy and sampled rows share steps (sampling is per row).
 """
@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from graph.models.batcher import Running
-from graph.models.prefill import PassResult, run_prompts
-from graph.models.prefix import PrefixCache, SharingPolicy
+from graph.models.local.batcher import Running
+from graph.models.local.prefill import PassResult, run_prompts
+from graph.models.local.prefix import PrefixCache, SharingPolicy
 from graph.models.spec import CallOptions
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from graph.models.chat_tokenizer import ChatTokenizer
-    from graph.models.llama import NativeLlama
+    from graph.models.local.chat_tokenizer import ChatTokenizer
+    from graph.models.local.llama import NativeLlama
 
     CausalLM = PreTrainedModel | NativeLlama
     AnyTokenizer = PreTrainedTokenizerBase | ChatTokenizer
@@ -84,7 +84,7 @@ class FinishedRow:
 
 @dataclass(frozen=True)
 class CallTrace:
-    """One model pass, for benchmarks and metrics (see ``TransformersEngine.observer``).
+    """One model pass, for benchmarks and metrics (see ``LocalEngine.observer``).
 
     ``prefill`` passes run new prompts: ``prompt_tokens`` is their length, ``prefill_tokens`` what the model
     actually ran over (shared prefixes once, cached ones not at all, padding excluded) and ``padded_tokens``
@@ -141,7 +141,7 @@ def _as_list(value: int | list[int] | None) -> list[int]:
 DEFAULT_SHARING = SharingPolicy()
 
 
-class TransformersEngine:
+class LocalEngine:
     """Continuous batching over one model and tokenizer; every method runs on the batcher's worker thread."""
 
     def __init__(
@@ -174,7 +174,7 @@ class TransformersEngine:
         self.generate_calls = 0
         self.score_calls = 0
         self.decode_steps = 0
-        from graph.models.slots import slot_cache_for  # imports torch: only once a model is loaded
+        from graph.models.local.slots import slot_cache_for  # imports torch: only once a model is loaded
 
         self._slots = slot_cache_for(model, model.config.get_text_config().num_hidden_layers)
         self._rows: list[_Row] = []  # row i lives in slot i

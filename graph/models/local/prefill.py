@@ -2,7 +2,7 @@
 
 Two kinds of waste are avoided on top of plain left-padded batching:
 
-* repeated prefixes (see :mod:`graph.models.prefix`): rows that share a prefix run it once (stage 1), or not
+* repeated prefixes (see :mod:`graph.models.local.prefix`): rows that share a prefix run it once (stage 1), or not
   at all when it is in the prefix cache, and only their own suffixes run on top of it (stage 2);
 * padding: every forward pass runs its rows at the width of the longest one, so rows are split into chunks of
   similar length (a chunk pads at most ``max_padding`` of its positions, or a few tokens per row). On a CPU a
@@ -11,7 +11,7 @@ Two kinds of waste are avoided on top of plain left-padded batching:
 Layout of a stage-2 row: ``[pad][prefix of its group] [pad][suffix]``; both halves are left-padded, the
 attention mask hides the pads and positions come from the mask, so the gap in the middle is invisible.
 Works for models whose cache is a plain per-layer key/value tensor pair (Llama-like ``DynamicCache``, or the
-native Llama's :class:`graph.models.llama.GrowingCache`).
+native Llama's :class:`graph.models.local.llama.GrowingCache`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from graph.models.prefix import CachedPrefix, LayerKV, PrefixCache, PrefixPlan, SharingPolicy, plan_prefixes
+from graph.models.local.prefix import CachedPrefix, LayerKV, PrefixCache, PrefixPlan, SharingPolicy, plan_prefixes
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from graph.models.llama import GrowingCache
+    from graph.models.local.llama import GrowingCache
 
 MAX_PADDING = 0.1
 PADDING_ALLOWANCE = 4  # tokens per row always tolerated (tiny chunks are not worth their own forward call)

@@ -1,4 +1,4 @@
-"""What the native Llama runtime (:mod:`graph.models.llama`) can run, read from ``config.json``; no torch here.
+"""What the native Llama runtime (:mod:`graph.models.local.llama`) can run, read from ``config.json``; no torch here.
 
 Kept apart from the runtime so that choosing a runtime does not import torch.
 """

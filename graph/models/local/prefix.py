@@ -3,7 +3,7 @@
 Why: on a small CPU the prompt (prefill) dominates the cost of a MIKO post. Its ten generate prompts and its
 ten verify prompts repeat the same system text, post, caption and key information and differ only in their
 last ~30 tokens, so a pass that holds them would run each post's ~200 shared tokens ten times. Rows are
-grouped here by their longest common prefix, so that :mod:`graph.models.prefill` runs each group's prefix once
+grouped here by their longest common prefix, so that :mod:`graph.models.local.prefill` runs each group's prefix once
 and only the rows' suffixes on top of it. Results equal the unshared computation up to float rounding.
 
 Shared prefixes are also kept in a small LRU :class:`PrefixCache`, because a post's rows do not always land in

@@ -9,7 +9,7 @@ row's slot is refilled by moving the last live row into it, so live rows are alw
 and a step runs over exactly the live rows.
 
 Its ``update`` writes the step's keys/values and returns views of the live rows; the caller passes a prepared
-4D mask, which the models use as is. The native Llama (:mod:`graph.models.llama`) takes it as it is; Hugging
+4D mask, which the models use as is. The native Llama (:mod:`graph.models.local.llama`) takes it as it is; Hugging
 Face models need a ``transformers.Cache``, which :func:`slot_cache_for` makes by mixing that class in.
 """
 
@@ -138,7 +138,7 @@ class SlotCache:
 
 def slot_cache_for(model: Any, num_layers: int) -> SlotCache:
     """A slot cache ``model`` accepts: plain for the native Llama, a ``transformers.Cache`` for the others."""
-    from graph.models.llama import NativeLlama
+    from graph.models.local.llama import NativeLlama
 
     if isinstance(model, NativeLlama):
         return SlotCache(num_layers)

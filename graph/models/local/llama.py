@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from graph.models.llama_config import LlamaConfig, read_config, read_eos_ids
+from graph.models.local.llama_config import LlamaConfig, read_config, read_eos_ids
 
 
 class KVCache(Protocol):
