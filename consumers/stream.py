@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -37,22 +37,13 @@ from consumers.io import Backoff, start_client, start_producer
 from consumers.kafka_config import KafkaConfig
 from consumers.offsets import OffsetTracker
 from consumers.topics import ensure_topics
-from graph.contracts import DeadLetter, DeadLetterStage, IntentionEvent, Post, SourceRef
-from graph.intake import InputLimits, IntakeError, decode_post
+from graph.contracts import DeadLetterStage, SourceRef
+from graph.intake import MAX_ID_CHARS, InputLimits
+from graph.outcome import Failure, PostProcessor, Processed, process_record
 
 log = structlog.get_logger(__name__)
 
 Record = ConsumerRecord[bytes, bytes]
-
-
-class PostProcessor(Protocol):
-    """What the stream needs from the graph (``graph.pipeline.MikoPipeline`` is one)."""
-
-    async def process(self, post: Post, source: SourceRef | None) -> IntentionEvent:
-        """One event per post. For a post that cannot produce one, raise; an exception with ``stage``
-        (DeadLetterStage) and ``attempts`` attributes, like ``graph.pipeline.PostFailed``, tells the dead
-        letter which stage failed after how many attempts (anything else is recorded as stage graph)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -351,41 +342,24 @@ class StreamProcessor:
         if raw is None:
             if record.key is None:
                 error = ValueError("tombstone without a key: nothing to delete")
-                return self._dead_letter(record, error, DeadLetterStage.VALIDATE)
+                return self._dead_letter(record, Failure(error, DeadLetterStage.VALIDATE))
             return Output(OutputKind.TOMBSTONE, self.config.intentions_topic, record.key, None)
-        try:
-            post = decode_post(raw, self.limits)
-        except IntakeError as error:
-            return self._dead_letter(record, error, error.stage, post_id=error.post_id)
         source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
-        try:
-            async with asyncio.timeout(self.options.post_timeout_s):
-                event = await self.processor.process(post, source)
-        except Exception as error:
-            stage, attempts = _failure_details(error)
-            return self._dead_letter(record, error, stage, post_id=post.id, attempts=attempts)
-        return Output(OutputKind.EVENT, self.config.intentions_topic, post.id.encode(),
-                      event.model_dump_json().encode())  # fmt: skip
+        outcome = await process_record(raw, self.limits, self.processor, source, self.options.post_timeout_s)
+        if isinstance(outcome, Processed):
+            return Output(OutputKind.EVENT, self.config.intentions_topic, outcome.event.post_id.encode(), outcome.value)
+        return self._dead_letter(record, outcome)
 
-    def _dead_letter(
-        self,
-        record: Record,
-        error: BaseException,
-        stage: DeadLetterStage,
-        post_id: str | None = None,
-        attempts: int = 1,
-    ) -> Output:
+    def _dead_letter(self, record: Record, failure: Failure) -> Output:
         raw = record.value or b""
         room = (self.options.max_request_bytes - 16 * 1024) * 3 // 4  # base64 grows 4/3; keep the envelope
-        letter = DeadLetter.for_bytes(
-            raw[:room], error, stage, topic=record.topic, partition=record.partition, offset=record.offset,
-            post_id=post_id, attempts=attempts,
-        )  # fmt: skip
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        letter = failure.dead_letter(raw[:room], **where)
         if len(raw) > room:
             letter.error_message += f" [original cut to {room} of {len(raw)} bytes to fit the topic]"
-        log.info("dead_letter", post_id=post_id, stage=str(stage), error=letter.error_message[:200],
+        log.info("dead_letter", post_id=failure.post_id, stage=str(failure.stage), error=letter.error_message[:200],
                  partition=record.partition, offset=record.offset)  # fmt: skip
-        key = post_id.encode() if post_id else record.key
+        key = failure.post_id.encode() if failure.post_id else bounded_key(record.key)
         return Output(OutputKind.DEAD_LETTER, self.config.dlq_topic, key, letter.model_dump_json().encode())
 
     async def _deliver(self, output: Output, record: Record) -> None:
@@ -403,8 +377,7 @@ class StreamProcessor:
                 if output.kind is OutputKind.DEAD_LETTER:
                     raise  # cut to fit above; the producer's limit changed under us: a bug, stop loudly
                 log.warning("event_too_large", error=str(error), offset=record.offset)
-                post_id = _key_text(output.key)
-                output = self._dead_letter(record, error, DeadLetterStage.GRAPH, post_id=post_id)
+                output = self._dead_letter(record, Failure(error, DeadLetterStage.GRAPH, _key_text(output.key)))
             except KafkaError as error:
                 self.stats.send_retries += 1
                 delay = backoff.next_delay()
@@ -471,14 +444,12 @@ class StreamProcessor:
         log.info("stream_stopped" if final else "stream_stats", **self.stats.snapshot())
 
 
-def _failure_details(error: BaseException) -> tuple[DeadLetterStage, int]:
-    """Stage and attempts from a ``PostFailed``-like error; a plain exception is one failed graph attempt."""
-    stage = getattr(error, "stage", None)
-    attempts = getattr(error, "attempts", None)
-    return (
-        stage if isinstance(stage, DeadLetterStage) else DeadLetterStage.GRAPH,
-        attempts if isinstance(attempts, int) and attempts > 0 else 1,
-    )
+def bounded_key(key: bytes | None) -> bytes | None:
+    """A record key fit to reuse as a dead letter's key: a huge key is replaced by its hash (it is kept,
+    in full, in the dead letter's original bytes only when it was the value; keys are not)."""
+    if key is None or len(key) <= MAX_ID_CHARS:
+        return key
+    return b"blake2b:" + hashlib.blake2b(key, digest_size=16).hexdigest().encode()
 
 
 def _key_text(key: bytes | None) -> str | None:

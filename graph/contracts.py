@@ -163,14 +163,24 @@ class DeadLetter(BaseModel):
 
     @classmethod
     def for_bytes(cls, raw: bytes, error: BaseException, stage: DeadLetterStage, **fields: Any) -> DeadLetter:
-        message = str(error)[:2000]
+        """A dead letter for ``raw``; the message is bounded and valid UTF-8 whatever the error says."""
+        cause = getattr(error, "cause", None)  # graph.pipeline.PostFailed: name the error behind it
+        error_class = type(cause if isinstance(cause, BaseException) else error).__name__
         return cls(
             original_b64=base64.b64encode(raw).decode("ascii"),
-            error_class=type(error).__name__,
-            error_message=message,
+            error_class=error_class,
+            error_message=_bounded_text(error, 2000),
             stage=stage,
             **fields,
         )
 
     def original(self) -> bytes:
         return base64.b64decode(self.original_b64)
+
+
+def _bounded_text(error: BaseException, limit: int) -> str:
+    try:
+        text = str(error)
+    except Exception:  # an exception whose __str__ fails still deserves a dead letter
+        text = type(error).__name__
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")

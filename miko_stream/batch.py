@@ -12,8 +12,8 @@ from typing import IO
 import structlog
 
 from graph.contracts import DeadLetter, SourceRef
-from graph.intake import InputLimits, IntakeError, decode_post, read_jsonl_records
-from graph.pipeline import MikoPipeline, PostFailed
+from graph.intake import InputLimits, read_jsonl_records
+from graph.outcome import PostProcessor, Processed, process_record
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ class BatchReport:
 class BatchRunner:
     """Feeds records to the pipeline with bounded concurrency and writes each outcome as soon as it is known."""
 
-    def __init__(self, pipeline: MikoPipeline, limits: InputLimits, concurrency: int = 64) -> None:
+    def __init__(self, pipeline: PostProcessor, limits: InputLimits, concurrency: int = 64) -> None:
         self.pipeline = pipeline
         self.limits = limits
         self.concurrency = max(1, concurrency)
@@ -68,24 +68,14 @@ class BatchRunner:
         return report
 
     async def _process(self, topic: str, number: int, raw: bytes, report: BatchReport) -> tuple[bool, str]:
-        """(True, event JSON) or (False, dead-letter JSON)."""
+        """(True, event JSON) or (False, dead-letter JSON); never raises (one bad line never ends the batch)."""
         where = {"topic": topic, "partition": 0, "offset": number}
-        try:
-            post = decode_post(raw, self.limits)
-        except IntakeError as error:
-            return False, self._dead(
-                report, DeadLetter.for_bytes(raw, error, error.stage, post_id=error.post_id, **where)
-            )
-        try:
-            event = await self.pipeline.process(post, SourceRef(**where))
-        except PostFailed as error:
-            letter = DeadLetter.for_bytes(
-                raw, error.cause, error.stage, post_id=post.id, attempts=error.attempts, **where
-            )
-            return False, self._dead(report, letter)
-        report.events += 1
-        report.partial += event.status == "partial"
-        return True, event.model_dump_json()
+        outcome = await process_record(raw, self.limits, self.pipeline, SourceRef(**where))
+        if isinstance(outcome, Processed):
+            report.events += 1
+            report.partial += outcome.event.status == "partial"
+            return True, outcome.value.decode()
+        return False, self._dead(report, outcome.dead_letter(raw, **where))
 
     @staticmethod
     def _dead(report: BatchReport, letter: DeadLetter) -> str:

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from miko_stream.commands import batch, demo, index, models, stream
+from miko_stream.commands.common import fail
 from miko_stream.logging import configure_logging
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 app = typer.Typer(
     name="miko-stream",
@@ -27,6 +30,10 @@ def main(
     log_format: Annotated[str, typer.Option("--log-format", envvar="MIKO_LOG_FORMAT", help="json | console")] = "json",
 ) -> None:
     """Set up logging before any command runs; models load offline only."""
+    if log_level.upper() not in LOG_LEVELS:
+        fail(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if log_format not in ("json", "console"):
+        fail(f"--log-format {log_format!r} is not json or console")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -57,12 +57,29 @@ def test_limit_and_explicit_dlq(tmp_path: Path) -> None:
         (["missing.jsonl", "-o", "out.jsonl"], "input file not found"),
         (["{input}", "-o", "out.jsonl", "--llm", "gpt9000"], "gpt9000"),
         (["{input}", "-o", "out.jsonl", "--llm", "fake", "--vision", "telepathy"], "telepathy"),
+        (["{input}", "-o", "/proc/nope/x.jsonl", "--llm", "fake"], "cannot write -o /proc/nope/x.jsonl"),
+        (["{input}", "-o", "{tmp}", "--llm", "fake"], "is a directory"),
     ],
 )
 def test_unusable_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     source = write_input(tmp_path)
-    args = [arg.replace("{input}", str(source)) for arg in args]
+    args = [arg.replace("{input}", str(source)).replace("{tmp}", str(tmp_path)) for arg in args]
     result = runner.invoke(app, ["process", *args])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_dlq_folder_is_created_like_the_output_folder(tmp_path: Path) -> None:
+    out, dlq = tmp_path / "a" / "o.jsonl", tmp_path / "b" / "c" / "dead.jsonl"
+    args = ["process", str(write_input(tmp_path)), "-o", str(out), "--dlq", str(dlq), "--llm", "fake"]
+    result = runner.invoke(app, [*args, "--vision", "none"])
+    assert result.exit_code == 0, result.output
+    assert len(dlq.read_text().splitlines()) == 2
+
+
+def test_bogus_log_level_is_a_one_line_error() -> None:
+    result = runner.invoke(app, ["--log-level", "BOGUS", "schemas", "/nonexistent"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--log-level" in lines[0], result.output

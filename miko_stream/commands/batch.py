@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 from rich.progress import (
@@ -38,29 +39,42 @@ def process(
         fail(f"input file not found: {input_path}")
     dlq = dlq or output.with_name(output.name.removesuffix(".jsonl") + ".dlq.jsonl")
     settings = load_settings(llm=llm, vision=vision, max_in_flight=concurrency)
-    try:
-        pipeline = build_pipeline(settings, image_dir=input_path.resolve().parent)
-    except ModelSpecError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot load the model: {error}")
-    runner = BatchRunner(pipeline, settings.limits(), concurrency=settings.max_in_flight)
-    total = count_jsonl_records(input_path, limit)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    columns = (
-        TextColumn("[bold]posts"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with output.open("w") as out, dlq.open("w") as dead, Progress(*columns, console=err_console) as progress:
-        task = progress.add_task("posts", total=total)
-        report = asyncio.run(runner.run(input_path, out, dead, limit, on_done=lambda: progress.advance(task)))
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(open_for_writing(output, "-o"))
+        dead = files.enter_context(open_for_writing(dlq, "--dlq"))
+        try:
+            pipeline = build_pipeline(settings, image_dir=input_path.resolve().parent)
+        except ModelSpecError as error:
+            fail(str(error))
+        except OSError as error:
+            fail(f"cannot load the model: {error}")
+        runner = BatchRunner(pipeline, settings.limits(), concurrency=settings.max_in_flight)
+        total = count_jsonl_records(input_path, limit)
+        columns = (
+            TextColumn("[bold]posts"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console) as progress:
+            task = progress.add_task("posts", total=total)
+            report = asyncio.run(runner.run(input_path, out, dead, limit, on_done=lambda: progress.advance(task)))
     err_console.print(
         f"{report.records} records in {report.elapsed_s:.1f}s ({report.posts_per_s:.2f} posts/s): "
         f"{report.events} events ({report.partial} partial) -> {output}, {report.dead_letters} dead letters -> {dlq}"
     )
+
+
+def open_for_writing(path: Path, option: str) -> IO[str]:
+    """``path`` opened for writing, its folder created like ``mkdir -p``; a one-line error otherwise."""
+    if path.is_dir():
+        fail(f"{option} {path} is a directory: give a file path, e.g. {path / 'events.jsonl'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {option} {path}: {error.strerror or error}")
 
 
 def schemas(
