@@ -77,11 +77,7 @@ class MikoNodes:
 
     async def extract(self, state: PostState) -> PostState:
         text = normalize_text(state["post"].text)
-        messages = render_messages(
-            self.deps.prompts.templates["extract"],
-            text=as_data(text),
-            caption=as_data(state.get("caption") or "none"),
-        )
+        messages = extract_messages(self.deps.prompts, text, state.get("caption"))
         [answer] = await complete(self.deps.llm, [messages], max_tokens=self.config.extract_max_new_tokens)
         reply = answer.text
         # The template prefills "concept:"; a backend that continued it returns the rest of that line.
@@ -150,27 +146,10 @@ class MikoNodes:
         return "caption" if post.image is not None or post.caption else "extract"
 
     def _generate_messages(self, state: PostState, relation: Relation) -> list[BaseMessage]:
-        spec = self.deps.prompts.relation(relation)
-        info = state["key_info"]
-        messages = render_messages(
-            self.deps.prompts.templates["generate"],
-            text=as_data(state["text"]),
-            caption=as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS),
-            concept=as_data(info.concept),
-            action=as_data(info.action),
-            object=as_data(info.object),
-            emotion=as_data(info.emotion),
-            keywords=as_data(", ".join(info.keywords)),
-            stem=spec.stem,
-            hint=spec.hint,
-        )
         earlier = state.get("rejected", {}).get(relation, [])
-        if earlier:
-            note = "Give a different, better completion than: " + "; ".join(t for t in earlier if t)
-            for position, message in enumerate(messages):
-                if isinstance(message, HumanMessage):
-                    messages[position] = HumanMessage(content=f"{message.content}\n{as_data(note, 600)}")
-        return messages
+        return generate_messages(
+            self.deps.prompts, state["text"], state.get("caption"), state["key_info"], relation, earlier
+        )
 
     async def _scores(self, state: PostState, candidates: Sequence[Candidate]) -> list[float | None]:
         mode = self.config.verifier
@@ -197,6 +176,44 @@ class MikoNodes:
             caption=as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS),
             statement=as_data(full_sentence(stem, candidate["text"])),
         )
+
+
+def extract_messages(prompts: PromptSet, text: str, caption: str | None) -> list[BaseMessage]:
+    """The extract prompt for normalised post text (also what `distill generator` trains the model on)."""
+    return render_messages(prompts.templates["extract"], text=as_data(text), caption=as_data(caption or "none"))
+
+
+def generate_messages(
+    prompts: PromptSet,
+    text: str,
+    caption: str | None,
+    info: KeyInfo,
+    relation: Relation,
+    rejected: Sequence[str] = (),
+) -> list[BaseMessage]:
+    """The generate prompt for one relation, ending in its stem as a prefill (also what `distill` trains on).
+
+    ``rejected`` are earlier completions the verifier turned down: the model is asked for a different one.
+    """
+    spec = prompts.relation(relation)
+    messages = render_messages(
+        prompts.templates["generate"],
+        text=as_data(text),
+        caption=as_data(caption or "none", CONTEXT_CAPTION_CHARS),
+        concept=as_data(info.concept),
+        action=as_data(info.action),
+        object=as_data(info.object),
+        emotion=as_data(info.emotion),
+        keywords=as_data(", ".join(info.keywords)),
+        stem=spec.stem,
+        hint=spec.hint,
+    )
+    if rejected:
+        note = "Give a different, better completion than: " + "; ".join(t for t in rejected if t)
+        for position, message in enumerate(messages):
+            if isinstance(message, HumanMessage):
+                messages[position] = HumanMessage(content=f"{message.content}\n{as_data(note, 600)}")
+    return messages
 
 
 _WORD = re.compile(r"[a-z]{3,}")

@@ -1,0 +1,1 @@
+"""Quality measurements of the intention knowledge (`miko-stream eval ...`): figures, not assertions."""
