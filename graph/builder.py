@@ -1,46 +1,126 @@
-"""Wiring the nodes into a LangGraph StateGraph: caption? → extract → generate → verify ⟲ generate."""
+"""Wiring the nodes into a LangGraph StateGraph over micro-batches: caption? → extract → generate → verify ⟲.
+
+One graph run carries a micro-batch of posts (:class:`graph.state.BatchState`), so LangGraph's per-superstep
+cost is paid once per batch instead of once per post. Each node is a :class:`BatchNode`: it runs the per-post
+node function (graph/nodes.py) for every post of the batch it concerns, concurrently, each post with its own
+retries, deadline and timing; a post that still fails is marked (``failure``) and skipped from then on, so it
+is dead-lettered alone while the rest of its batch goes on.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
+import structlog
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
 from graph.errors import is_transient
 from graph.nodes import GraphDeps, MikoNodes
-from graph.state import PostState
+from graph.state import BatchState, NodeFailure, PostState, merge_update
 
-NodeFn = Callable[[PostState], Awaitable[PostState]]
+PostNode = Callable[[PostState], Awaitable[PostState]]
 
 
-def timed(name: str, node: NodeFn) -> NodeFn:
-    """Records the node's wall time (ms) into ``timings_ms``; repeated runs add up."""
+@dataclass(frozen=True)
+class BatchNode:
+    """A per-post node applied to the posts of a micro-batch for which ``applies`` is true."""
 
-    async def run(state: PostState) -> PostState:
+    name: str
+    node: PostNode
+    applies: Callable[[PostState], bool]
+    retry: RetryPolicy
+
+    async def run_batch(self, batch: BatchState) -> BatchState:
+        """The node's step for the whole batch (what LangGraph calls)."""
+        posts = batch["posts"]
+        chosen = [index for index, state in enumerate(posts) if "failure" not in state and self.applies(state)]
+        if len(chosen) == 1:  # no task needed for one post
+            updates = [await self.run_one(posts[chosen[0]])]
+        else:
+            updates = await asyncio.gather(*(self.run_one(posts[index]) for index in chosen))
+        merged = list(posts)
+        for index, update in zip(chosen, updates, strict=True):
+            merged[index] = merge_update(posts[index], update)
+        return {"posts": merged}
+
+    async def run_one(self, state: PostState) -> PostState:
+        """One post's update, with its retries, within its deadline; a failure becomes ``failure``."""
         started = time.perf_counter()
-        update = await node(state)
-        update["timings_ms"] = {name: round((time.perf_counter() - started) * 1000, 3)}
+        post_id, trace_id = state["post"].id, state.get("trace_id", "")
+        with structlog.contextvars.bound_contextvars(post_id=post_id, trace_id=trace_id):
+            deadline = asyncio.timeout_at(state.get("deadline"))
+            try:
+                async with deadline:
+                    update = await self._attempts(state)
+            except TimeoutError as error:
+                if not deadline.expired():
+                    raise
+                update = {"failure": NodeFailure(self.name, error, attempts=1, deadline=True)}
+        update["timings_ms"] = {self.name: round((time.perf_counter() - started) * 1000, 3)}
         return update
 
-    run.__name__ = name
-    return run
+    async def _attempts(self, state: PostState) -> PostState:
+        policy = self.retry
+        attempt = 0
+        interval = policy.initial_interval
+        while True:
+            attempt += 1
+            try:
+                return await self.node(state)
+            except Exception as error:
+                if attempt >= policy.max_attempts or not _should_retry(policy, error):
+                    return {"failure": NodeFailure(self.name, error, attempts=attempt)}
+            await asyncio.sleep(interval + (random.uniform(0, 1) if policy.jitter else 0))
+            interval = min(policy.max_interval, interval * policy.backoff_factor)
 
 
-def build_graph(deps: GraphDeps) -> CompiledStateGraph:
-    """The compiled MIKO graph; compile once and share it across concurrent posts."""
-    nodes = MikoNodes(deps)
-    retry = RetryPolicy(max_attempts=deps.config.retry_attempts, initial_interval=0.2, retry_on=is_transient)
-    builder = StateGraph(PostState)
-    builder.add_node("caption", timed("caption", nodes.caption), retry_policy=retry)
-    builder.add_node("extract", timed("extract", nodes.extract), retry_policy=retry)
-    builder.add_node("generate", timed("generate", nodes.generate), retry_policy=retry)
-    builder.add_node("verify", timed("verify", nodes.verify), retry_policy=retry)
-    builder.add_conditional_edges(START, nodes.route_start, ["caption", "extract"])
+def _should_retry(policy: RetryPolicy, error: Exception) -> bool:
+    retry_on = policy.retry_on
+    if callable(retry_on) and not isinstance(retry_on, type):
+        return bool(retry_on(error))
+    return isinstance(error, retry_on)  # type: ignore[arg-type]
+
+
+def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStateGraph:
+    """The compiled MIKO graph over micro-batches; compile once and share it across concurrent batches."""
+    nodes = nodes or MikoNodes(deps)
+    retry = RetryPolicy(
+        max_attempts=deps.config.retry_attempts, initial_interval=0.2, jitter=False, retry_on=is_transient
+    )
+
+    def needs_caption(state: PostState) -> bool:
+        return nodes.route_start(state) == "caption"
+
+    def has_pending(state: PostState) -> bool:
+        return bool(state.get("pending"))
+
+    def has_candidates(state: PostState) -> bool:
+        return bool(state.get("candidates"))
+
+    def always(state: PostState) -> bool:
+        return True
+
+    def route_start(batch: BatchState) -> str:
+        return "caption" if any(needs_caption(state) for state in batch["posts"]) else "extract"
+
+    def route_after_verify(batch: BatchState) -> str:
+        live = (state for state in batch["posts"] if "failure" not in state)
+        return "generate" if any(nodes.route_after_verify(state) == "generate" for state in live) else END
+
+    builder = StateGraph(BatchState)
+    builder.add_node("caption", BatchNode("caption", nodes.caption, needs_caption, retry).run_batch)
+    builder.add_node("extract", BatchNode("extract", nodes.extract, always, retry).run_batch)
+    builder.add_node("generate", BatchNode("generate", nodes.generate, has_pending, retry).run_batch)
+    builder.add_node("verify", BatchNode("verify", nodes.verify, has_candidates, retry).run_batch)
+    builder.add_conditional_edges(START, route_start, ["caption", "extract"])
     builder.add_edge("caption", "extract")
     builder.add_edge("extract", "generate")
     builder.add_edge("generate", "verify")
-    builder.add_conditional_edges("verify", nodes.route_after_verify, ["generate", END])
+    builder.add_conditional_edges("verify", route_after_verify, ["generate", END])
     return builder.compile()

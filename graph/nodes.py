@@ -1,4 +1,8 @@
-"""The four MIKO nodes: caption, extract, generate, verify. Each returns a partial state update."""
+"""The four MIKO nodes: caption, extract, generate, verify. Each takes one post's state, returns its update.
+
+The graph (graph/builder.py) runs a node for every post of a micro-batch at once, so each call here is one
+post's share of a batched step: model calls from all posts of the batch meet in the model's batcher.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ class GraphDeps:
 
 
 class MikoNodes:
-    """Node functions bound to their dependencies (LangGraph calls them with the state)."""
+    """Per-post node functions bound to their dependencies (graph/builder.py runs them for a micro-batch)."""
 
     def __init__(self, deps: GraphDeps) -> None:
         self.deps = deps
@@ -136,7 +140,13 @@ class MikoNodes:
                 rejected.setdefault(relation, []).append(candidate["text"])
                 if next_round <= self.config.max_rounds:
                     pending.append(relation)
-        return {"intentions": intentions, "rejected": rejected, "pending": pending, "round": next_round}
+        return {
+            "intentions": intentions,
+            "rejected": rejected,
+            "pending": pending,
+            "round": next_round,
+            "candidates": [],
+        }
 
     def route_after_verify(self, state: PostState) -> Literal["generate", "__end__"]:
         return "generate" if state.get("pending") else "__end__"
@@ -144,6 +154,13 @@ class MikoNodes:
     def route_start(self, state: PostState) -> Literal["caption", "extract"]:
         post = state["post"]
         return "caption" if post.image is not None or post.caption else "extract"
+
+    def finished(self, state: PostState) -> bool:
+        """True when the graph has nothing left to do for this post (its event can leave the batch)."""
+        if "failure" in state:
+            return True
+        verified_once = state.get("round", 0) > 0 and not state.get("candidates")
+        return verified_once and self.route_after_verify(state) == "__end__"
 
     def _generate_messages(self, state: PostState, relation: Relation) -> list[BaseMessage]:
         earlier = state.get("rejected", {}).get(relation, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ from graph.contracts import (
     Relation,
     SourceRef,
 )
-from graph.nodes import GraphDeps
+from graph.nodes import GraphDeps, MikoNodes
 from graph.normalize import normalize_text
-from graph.state import PostState
+from graph.state import BatchState, NodeFailure, PostState
 
 log = structlog.get_logger(__name__)
 
@@ -46,33 +47,96 @@ class PipelineInfo:
     prompt_version: str
 
 
-class MikoPipeline:
-    """Runs the compiled graph for many posts concurrently (share one instance per process)."""
+@dataclass
+class _Waiter:
+    """A post waiting for its micro-batch's graph run."""
 
-    def __init__(self, deps: GraphDeps, models: ModelInfo, deadline_s: float = 600.0) -> None:
+    post: Post
+    trace_id: str
+    deadline: float  # loop.time()
+    future: asyncio.Future[PostState]
+
+
+class MikoPipeline:
+    """Runs the compiled graph for many posts concurrently (share one instance per process).
+
+    :meth:`process` takes one post, as before; under the hood the posts that arrive together (in the same
+    event-loop turn, e.g. one Kafka fetch) share one graph run of up to ``batch_size`` posts, and each post
+    leaves its batch as soon as the graph is done with it (see graph/builder.py).
+    """
+
+    def __init__(self, deps: GraphDeps, models: ModelInfo, deadline_s: float = 600.0, batch_size: int = 64) -> None:
         self.deps = deps
-        self.graph = build_graph(deps)
+        self.nodes = MikoNodes(deps)
+        self.graph = build_graph(deps, self.nodes)
         self.info = PipelineInfo(models=models, prompt_version=deps.prompts.version)
         self.deadline_s = deadline_s
+        self.batch_size = max(1, batch_size)
+        self._waiting: list[_Waiter] = []
+        self._flush_scheduled = False
+        self._runs: set[asyncio.Task[None]] = set()
         normalize_text("#WarmUp")  # loads the word-segmentation tables now, not inside the first post's deadline
 
     async def process(self, post: Post, source: SourceRef | None = None) -> IntentionEvent:
         """Run the graph for one post; raises :class:`PostFailed` when it cannot produce an event."""
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(post_id=post.id, trace_id=uuid.uuid4().hex[:16]):
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(post, uuid.uuid4().hex[:16], loop.time() + self.deadline_s, loop.create_future())
+        self._enqueue(waiter)
+        with structlog.contextvars.bound_contextvars(post_id=post.id, trace_id=waiter.trace_id):
             try:
-                async with asyncio.timeout(self.deadline_s):
-                    state: PostState = await self.graph.ainvoke({"post": post}, {"recursion_limit": 50})
+                async with asyncio.timeout_at(waiter.deadline):
+                    state = await waiter.future
             except Exception as error:
-                failure = _as_failure(error, self.deadline_s, self.deps.config.retry_attempts)
-                log.warning("post_failed", error=str(failure), attempts=failure.attempts)
-                raise failure from error
+                raise _logged(_as_failure(error, self.deadline_s)) from error
+            if "failure" in state:
+                failure = state["failure"]
+                raise _logged(_node_failure(failure, self.deadline_s)) from failure.error
             event = self.to_event(post, state, source)
             event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
             log.info(
                 "post_done", status=event.status, ms=event.timings_ms["total"], parse_failures=event.parse_failures
             )
         return event
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        self._waiting.append(waiter)
+        if len(self._waiting) >= self.batch_size:
+            self._flush()
+        elif not self._flush_scheduled:
+            # Posts handed over in this event-loop turn (one Kafka fetch, one batch of lines) join the batch.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), self.batch_size):
+            run = asyncio.create_task(self._run_batch(waiting[start : start + self.batch_size]))
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+
+    async def _run_batch(self, waiters: list[_Waiter]) -> None:
+        """One graph run for a micro-batch; each post's future is resolved as soon as it is finished."""
+        batch: BatchState = {
+            "posts": [{"post": w.post, "trace_id": w.trace_id, "deadline": w.deadline} for w in waiters]
+        }
+        try:
+            stream = self.graph.astream(batch, {"recursion_limit": 50}, stream_mode="values")
+            async with contextlib.aclosing(stream):
+                async for batch in stream:
+                    for waiter, state in zip(waiters, batch["posts"], strict=True):
+                        if not waiter.future.done() and self.nodes.finished(state):
+                            waiter.future.set_result(state)
+                    if all(waiter.future.done() for waiter in waiters):
+                        break
+            for waiter, state in zip(waiters, batch["posts"], strict=True):
+                if not waiter.future.done():
+                    waiter.future.set_result(state)
+        except Exception as error:  # a bug or a runaway loop: every post still in the batch fails with it
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(error)
 
     async def aclose(self) -> None:
         """Stop the shared local-model workers (their threads would otherwise outlive the event loop)."""
@@ -102,12 +166,25 @@ class MikoPipeline:
         )
 
 
-def _as_failure(error: Exception, deadline_s: float, retry_attempts: int) -> PostFailed:
+def _logged(failure: PostFailed) -> PostFailed:
+    log.warning("post_failed", error=str(failure), attempts=failure.attempts)
+    return failure
+
+
+def _node_failure(failure: NodeFailure, deadline_s: float) -> PostFailed:
+    """The dead-letter reason of a post its batch gave up on: its deadline, or the error left after retries."""
+    if failure.deadline:
+        return _as_failure(TimeoutError(f"deadline hit in {failure.node}"), deadline_s)
+    cause = failure.error
+    message = f"{type(cause).__name__} in {failure.node}: {cause}"
+    return PostFailed(message, cause=cause, attempts=failure.attempts, stage=DeadLetterStage.GRAPH)
+
+
+def _as_failure(error: Exception, deadline_s: float) -> PostFailed:
     """What goes into the dead letter: the deadline, a runaway loop, or the error left after retries."""
     if isinstance(error, TimeoutError):
-        message, attempts = f"post ran past its {deadline_s}s deadline", 1
-    elif isinstance(error, GraphRecursionError):
-        message, attempts = "graph did not converge", 1
-    else:
-        message, attempts = f"{type(error).__name__}: {error}", retry_attempts
-    return PostFailed(message, cause=error, attempts=attempts, stage=DeadLetterStage.GRAPH)
+        return PostFailed(f"post ran past its {deadline_s}s deadline", cause=error, attempts=1,
+                          stage=DeadLetterStage.GRAPH)  # fmt: skip
+    if isinstance(error, GraphRecursionError):
+        return PostFailed("graph did not converge", cause=error, attempts=1, stage=DeadLetterStage.GRAPH)
+    return PostFailed(f"{type(error).__name__}: {error}", cause=error, attempts=1, stage=DeadLetterStage.GRAPH)

@@ -1,9 +1,16 @@
-"""The state one post carries through the graph."""
+"""The state one post carries through the graph, and the micro-batch of posts one graph run carries.
+
+The graph runs once per micro-batch (:class:`BatchState`): each node applies its per-post logic to every post
+of the batch it concerns and merges that post's update into the post's own :class:`PostState` with
+:func:`merge_update` (node timings and counters add up, everything else is replaced).
+"""
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, TypedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from graph.contracts import CaptionSource, Intention, KeyInfo, Post, Relation
 
@@ -25,17 +32,53 @@ class Candidate(TypedDict):
     attempts: int
 
 
+@dataclass(frozen=True)
+class NodeFailure:
+    """Why a post left its micro-batch: the node, the error left after retries (or the deadline), attempts."""
+
+    node: str
+    error: BaseException
+    attempts: int
+    deadline: bool = False
+
+
 class PostState(TypedDict, total=False):
     post: Post
+    trace_id: str
+    deadline: float  # event-loop time (``loop.time()``) after which the post fails
     text: str
     caption: str | None
     caption_source: CaptionSource
     key_info: KeyInfo
     pending: list[Relation]
     rejected: dict[Relation, list[str]]
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # generated, not yet verified (verify empties it)
     intentions: dict[Relation, Intention]
     round: int
-    degraded: Annotated[list[str], operator.add]
-    parse_failures: Annotated[int, operator.add]
-    timings_ms: Annotated[dict[str, float], add_timings]
+    degraded: list[str]
+    parse_failures: int
+    timings_ms: dict[str, float]
+    failure: NodeFailure  # set when the post failed; later nodes skip it
+
+
+class BatchState(TypedDict):
+    """One graph run: the posts of a micro-batch, each with its own state, in arrival order."""
+
+    posts: list[PostState]
+
+
+# How a node's update to one post combines with what the post already has (the rest is replaced).
+REDUCERS: dict[str, Callable[[Any, Any], Any]] = {
+    "degraded": operator.add,
+    "parse_failures": operator.add,
+    "timings_ms": add_timings,
+}
+
+
+def merge_update(state: PostState, update: PostState) -> PostState:
+    """``state`` with a node's ``update`` applied (a new dict; ``state`` is not modified)."""
+    merged: dict[str, Any] = dict(state)
+    for key, value in update.items():
+        reducer = REDUCERS.get(key)
+        merged[key] = reducer(merged[key], value) if reducer is not None and key in merged else value
+    return merged  # type: ignore[return-value]

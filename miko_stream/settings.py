@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         "auto", description="Local models: native Llama runtime (fast start), transformers, or auto (native if able)."
     )
     post_deadline_s: float = 600.0
+    graph_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Posts per graph run (micro-batch); default 64 for fake and OpenAI-compatible models, 8 for "
+        "local ones (a batch moves through the nodes together).",
+    )
 
     # input limits
     max_text_chars: int = 100_000

@@ -7,7 +7,7 @@ from pathlib import Path
 from graph.contracts import ModelInfo
 from graph.images import ImageLimits
 from graph.models.registry import LLMConfig, build_chat_model
-from graph.models.spec import without_credentials
+from graph.models.spec import parse_llm_spec, without_credentials
 from graph.models.vision import build_captioner
 from graph.nodes import GraphConfig, GraphDeps
 from graph.pipeline import MikoPipeline
@@ -59,6 +59,14 @@ def graph_config(settings: Settings, image_dir: Path | None = None) -> GraphConf
     )
 
 
+def graph_batch_size(settings: Settings) -> int:
+    """Posts per graph run: big batches for instant or remote models (LangGraph's per-step cost is shared),
+    small ones for local models, where a batch's posts wait for each other's model calls at every step."""
+    if settings.graph_batch_size is not None:
+        return settings.graph_batch_size
+    return 64 if parse_llm_spec(settings.llm).kind in ("fake", "openai") else 8
+
+
 def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPipeline:
     """The pipeline for ``settings``; raises ModelSpecError for an unusable --llm/--vision spec."""
     llm = build_chat_model(settings.llm, llm_config(settings))
@@ -70,4 +78,6 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
         vision=without_credentials(settings.vision),
         verifier=without_credentials(verifier),
     )
-    return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s)
+    return MikoPipeline(
+        deps, models=models, deadline_s=settings.post_deadline_s, batch_size=graph_batch_size(settings)
+    )
