@@ -5,6 +5,11 @@ cost is paid once per batch instead of once per post. Each node is a :class:`Bat
 node function (graph/nodes.py) for every post of the batch it concerns, concurrently, each post with its own
 retries, deadline and timing; a post that still fails is marked (``failure``) and skipped from then on, so it
 is dead-lettered alone while the rest of its batch goes on.
+
+Posts of a batch do not wait long for each other: once one post's call in a step is done, the others get as
+long again (at least :data:`STRAGGLER_GRACE_S`); a post still running then is *detached* (handed to the
+``detach`` callback in the run's config, see graph/pipeline.py), and continues in a graph run of its own
+that starts at its next node (``BatchState.resume``), while the batch moves on without it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
@@ -25,6 +31,11 @@ from graph.nodes import GraphDeps, MikoNodes
 from graph.state import BatchState, NodeFailure, PostState, merge_update
 
 PostNode = Callable[[PostState], Awaitable[PostState]]
+Detach = Callable[[PostState, "asyncio.Task[PostState]", str], None]
+"""``detach(state, task, node)``: take over a post whose ``node`` call (``task``) outlasted its batch."""
+
+STRAGGLER_GRACE_S = 0.05
+NODES = ("caption", "extract", "generate", "verify")
 
 
 @dataclass(frozen=True)
@@ -36,17 +47,24 @@ class BatchNode:
     applies: Callable[[PostState], bool]
     retry: RetryPolicy
 
-    async def run_batch(self, batch: BatchState) -> BatchState:
+    async def run_batch(self, batch: BatchState, config: RunnableConfig) -> BatchState:
         """The node's step for the whole batch (what LangGraph calls)."""
         posts = batch["posts"]
-        chosen = [index for index, state in enumerate(posts) if "failure" not in state and self.applies(state)]
-        if len(chosen) == 1:  # no task needed for one post
-            updates = [await self.run_one(posts[chosen[0]])]
-        else:
-            updates = await asyncio.gather(*(self.run_one(posts[index]) for index in chosen))
+        chosen = [index for index, state in enumerate(posts) if _live(state) and self.applies(state)]
         merged = list(posts)
-        for index, update in zip(chosen, updates, strict=True):
-            merged[index] = merge_update(posts[index], update)
+        if len(chosen) == 1:  # no task needed for one post
+            merged[chosen[0]] = merge_update(posts[chosen[0]], await self.run_one(posts[chosen[0]]))
+            return {"posts": merged}
+        tasks = {index: asyncio.ensure_future(self.run_one(posts[index])) for index in chosen}
+        detach: Detach | None = config.get("configurable", {}).get("detach")
+        await _wait_for_most(list(tasks.values()), patient=detach is None)
+        for index, task in tasks.items():
+            if task.done():
+                merged[index] = merge_update(posts[index], task.result())
+            else:
+                assert detach is not None
+                detach(posts[index], task, self.name)
+                merged[index] = {**posts[index], "detached": True}
         return {"posts": merged}
 
     async def run_one(self, state: PostState) -> PostState:
@@ -80,6 +98,31 @@ class BatchNode:
             interval = min(policy.max_interval, interval * policy.backoff_factor)
 
 
+def _live(state: PostState) -> bool:
+    return "failure" not in state and "detached" not in state
+
+
+async def _wait_for_most(tasks: list[asyncio.Task[PostState]], patient: bool) -> None:
+    """All tasks, or (unless ``patient``) those done within max(grace, time to the first done) after it."""
+    if patient:
+        await asyncio.wait(tasks)
+        return
+    started = time.perf_counter()
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    if pending:
+        first = time.perf_counter() - started
+        await asyncio.wait(pending, timeout=max(STRAGGLER_GRACE_S, first))
+
+
+def next_node(nodes: MikoNodes, after: str, state: PostState) -> str | None:
+    """Where a post goes after node ``after`` (None: it is finished); the graph's edges, for one post."""
+    if "failure" in state:
+        return None
+    if after == "verify":
+        return "generate" if nodes.route_after_verify(state) == "generate" else None
+    return {"caption": "extract", "extract": "generate", "generate": "verify"}[after]
+
+
 def _should_retry(policy: RetryPolicy, error: Exception) -> bool:
     retry_on = policy.retry_on
     if callable(retry_on) and not isinstance(retry_on, type):
@@ -107,10 +150,12 @@ def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStat
         return True
 
     def route_start(batch: BatchState) -> str:
+        if batch.get("resume"):
+            return batch["resume"]
         return "caption" if any(needs_caption(state) for state in batch["posts"]) else "extract"
 
     def route_after_verify(batch: BatchState) -> str:
-        live = (state for state in batch["posts"] if "failure" not in state)
+        live = (state for state in batch["posts"] if _live(state))
         return "generate" if any(nodes.route_after_verify(state) == "generate" for state in live) else END
 
     builder = StateGraph(BatchState)
@@ -118,7 +163,7 @@ def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStat
     builder.add_node("extract", BatchNode("extract", nodes.extract, always, retry).run_batch)
     builder.add_node("generate", BatchNode("generate", nodes.generate, has_pending, retry).run_batch)
     builder.add_node("verify", BatchNode("verify", nodes.verify, has_candidates, retry).run_batch)
-    builder.add_conditional_edges(START, route_start, ["caption", "extract"])
+    builder.add_conditional_edges(START, route_start, list(NODES))
     builder.add_edge("caption", "extract")
     builder.add_edge("extract", "generate")
     builder.add_edge("generate", "verify")

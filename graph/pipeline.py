@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import structlog
 from langgraph.errors import GraphRecursionError
 
-from graph.builder import build_graph
+from graph.builder import build_graph, next_node
 from graph.contracts import (
     CaptionSource,
     DeadLetterStage,
@@ -24,7 +24,7 @@ from graph.contracts import (
 )
 from graph.nodes import GraphDeps, MikoNodes
 from graph.normalize import normalize_text
-from graph.state import BatchState, NodeFailure, PostState
+from graph.state import BatchState, NodeFailure, PostState, merge_update
 
 log = structlog.get_logger(__name__)
 
@@ -112,31 +112,60 @@ class MikoPipeline:
         self._flush_scheduled = False
         waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), self.batch_size):
-            run = asyncio.create_task(self._run_batch(waiting[start : start + self.batch_size]))
-            self._runs.add(run)
-            run.add_done_callback(self._runs.discard)
+            chunk = waiting[start : start + self.batch_size]
+            self._start_run(chunk, [{"post": w.post, "trace_id": w.trace_id, "deadline": w.deadline} for w in chunk])
 
-    async def _run_batch(self, waiters: list[_Waiter]) -> None:
+    def _start_run(self, waiters: list[_Waiter], states: list[PostState], resume: str | None = None) -> None:
+        run = asyncio.create_task(self._run_batch(waiters, states, resume))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+
+    async def _run_batch(self, waiters: list[_Waiter], states: list[PostState], resume: str | None) -> None:
         """One graph run for a micro-batch; each post's future is resolved as soon as it is finished."""
-        batch: BatchState = {
-            "posts": [{"post": w.post, "trace_id": w.trace_id, "deadline": w.deadline} for w in waiters]
-        }
+        batch: BatchState = {"posts": states, "resume": resume} if resume else {"posts": states}
+        by_trace = {waiter.trace_id: waiter for waiter in waiters}
+
+        def detach(state: PostState, task: asyncio.Task[PostState], node: str) -> None:
+            task.add_done_callback(lambda done: self._rejoin(by_trace[state["trace_id"]], state, done, node))
+
+        config = {"recursion_limit": 50, "configurable": {"detach": detach}}
         try:
-            stream = self.graph.astream(batch, {"recursion_limit": 50}, stream_mode="values")
+            stream = self.graph.astream(batch, config, stream_mode="values")  # type: ignore[arg-type]
             async with contextlib.aclosing(stream):
                 async for batch in stream:
-                    for waiter, state in zip(waiters, batch["posts"], strict=True):
-                        if not waiter.future.done() and self.nodes.finished(state):
-                            waiter.future.set_result(state)
-                    if all(waiter.future.done() for waiter in waiters):
+                    self._resolve_finished(waiters, batch["posts"])
+                    if all(waiter.future.done() or "detached" in state
+                           for waiter, state in zip(waiters, batch["posts"], strict=True)):  # fmt: skip
                         break
             for waiter, state in zip(waiters, batch["posts"], strict=True):
-                if not waiter.future.done():
+                if not waiter.future.done() and "detached" not in state:
                     waiter.future.set_result(state)
         except Exception as error:  # a bug or a runaway loop: every post still in the batch fails with it
             for waiter in waiters:
                 if not waiter.future.done():
                     waiter.future.set_exception(error)
+
+    def _resolve_finished(self, waiters: list[_Waiter], states: list[PostState]) -> None:
+        for waiter, state in zip(waiters, states, strict=True):
+            if not waiter.future.done() and "detached" not in state and self.nodes.finished(state):
+                waiter.future.set_result(state)
+
+    def _rejoin(self, waiter: _Waiter, state: PostState, task: asyncio.Task[PostState], node: str) -> None:
+        """A detached post's call is over: finish it, or go on in a graph run of its own from its next node."""
+        if waiter.future.done():
+            return
+        if task.cancelled():
+            waiter.future.cancel()
+            return
+        if (error := task.exception()) is not None:
+            waiter.future.set_exception(error)
+            return
+        state = merge_update(state, task.result())
+        resume = next_node(self.nodes, node, state)
+        if resume is None:
+            waiter.future.set_result(state)
+        else:
+            self._start_run([waiter], [state], resume)
 
     async def aclose(self) -> None:
         """Stop the shared local-model workers (their threads would otherwise outlive the event loop)."""

@@ -59,12 +59,14 @@ class PostState(TypedDict, total=False):
     parse_failures: int
     timings_ms: dict[str, float]
     failure: NodeFailure  # set when the post failed; later nodes skip it
+    detached: bool  # left this batch to go on alone (a straggler); later nodes of the batch skip it
 
 
-class BatchState(TypedDict):
+class BatchState(TypedDict, total=False):
     """One graph run: the posts of a micro-batch, each with its own state, in arrival order."""
 
     posts: list[PostState]
+    resume: str  # the node to start at (a detached post going on alone); default: caption or extract
 
 
 # How a node's update to one post combines with what the post already has (the rest is replaced).

@@ -78,6 +78,4 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
         vision=without_credentials(settings.vision),
         verifier=without_credentials(verifier),
     )
-    return MikoPipeline(
-        deps, models=models, deadline_s=settings.post_deadline_s, batch_size=graph_batch_size(settings)
-    )
+    return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s, batch_size=graph_batch_size(settings))

@@ -19,9 +19,9 @@ MODELS = ModelInfo(llm="fake", vision="none", verifier="llm:fake")
 TWEET = "ur gonna love this!!! finally finished my first marathon # runningcommunity emoji_12 <user>"
 
 
-def pipeline(llm: FakeChatModel, **config: object) -> MikoPipeline:
+def pipeline(llm: FakeChatModel, batch_size: int = 64, **config: object) -> MikoPipeline:
     deps = GraphDeps(llm=llm, prompts=load_prompts(), config=GraphConfig(**config))  # type: ignore[arg-type]
-    return MikoPipeline(deps, models=MODELS, deadline_s=30)
+    return MikoPipeline(deps, models=MODELS, deadline_s=30, batch_size=batch_size)
 
 
 def run(pipe: MikoPipeline, post: Post):
@@ -108,3 +108,110 @@ def test_heuristic_and_no_verifier_modes() -> None:
     assert all(i.score is not None for i in heuristic.intentions)
     unverified = run(pipeline(FakeChatModel(), verifier="none"), Post(id="p9", text=TWEET))
     assert all(i.verified and i.score is None for i in unverified.intentions)
+
+
+def run_together(pipe: MikoPipeline, posts: Sequence[Post]) -> list[object]:
+    """Posts handed over in one event-loop turn, as one Kafka fetch does: they share a graph run."""
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(pipe.process(post) for post in posts), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+class FailingFor(FakeChatModel):
+    """Fails calls whose prompt mentions ``marker``: always, or with a transient error ``transient`` times."""
+
+    marker: str = "poison"
+    transient: int | None = None
+
+    async def acomplete(self, conversations, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+        if any(self.marker in str(m.content) for c in conversations for m in c):
+            if self.transient is None:
+                raise ValueError("this post breaks the model")
+            if self.transient > 0:
+                self.transient -= 1
+                raise TransientModelError("503 for this post")
+        return await super().acomplete(conversations, stop, **kwargs)
+
+
+def test_a_failing_post_fails_alone_and_its_batch_goes_on() -> None:
+    pipe = pipeline(FailingFor())
+    posts = [Post(id=f"ok{i}", text=f"{TWEET} number {i}") for i in range(5)]
+    posts.insert(2, Post(id="bad", text="a poison post"))
+    results = run_together(pipe, posts)
+    failed = results[2]
+    assert isinstance(failed, PostFailed) and "breaks the model" in str(failed)
+    assert failed.attempts == 1, "a permanent error is not retried"
+    events = [r for i, r in enumerate(results) if i != 2]
+    assert [e.post_id for e in events] == [p.id for i, p in enumerate(posts) if i != 2]  # type: ignore[union-attr]
+    assert all(len(e.intentions) == 10 for e in events)  # type: ignore[union-attr]
+
+
+def test_transient_errors_are_retried_per_post_inside_a_batch() -> None:
+    llm = FailingFor(transient=2)
+    results = run_together(pipeline(llm), [Post(id="a", text=TWEET), Post(id="b", text="poison but fine")])
+    assert [r.post_id for r in results] == ["a", "b"]  # type: ignore[union-attr]
+
+
+def test_posts_of_one_turn_share_a_graph_run_and_keep_their_own_timings() -> None:
+    pipe = pipeline(FakeChatModel(latency_ms=5), batch_size=4)
+    runs: list[int] = []
+    original = pipe._start_run
+
+    def counting(waiters, states, resume=None):  # type: ignore[no-untyped-def]
+        runs.append(len(waiters))
+        original(waiters, states, resume)
+
+    pipe._start_run = counting  # type: ignore[method-assign]
+    posts = [Post(id=f"p{i}", text=f"{TWEET} {i}") for i in range(6)]
+    events = run_together(pipe, posts)
+    assert runs[:2] == [4, 2], "more runs only for detached stragglers"
+    for event in events:
+        assert {"extract", "generate", "verify", "total"} <= set(event.timings_ms)  # type: ignore[union-attr]
+        assert event.timings_ms["extract"] >= 5  # type: ignore[union-attr]
+
+
+def test_a_finished_post_leaves_its_batch_before_the_others_regenerate() -> None:
+    """p-slow has a relation rejected every round; p-fast is all accepted at once and must not wait."""
+    slow_marker = "slowpoke"
+
+    def script(messages: Sequence[BaseMessage]) -> str:
+        text = "\n".join(str(m.content) for m in messages)
+        if prompt_kind(messages) == "verify":
+            return "no" if slow_marker in text and "needs to" in text else "yes"
+        return scripted_output(messages)
+
+    pipe = pipeline(FakeChatModel(script=script, latency_ms=30), max_rounds=2)
+    finished: dict[str, float] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def one(post: Post) -> None:
+            await pipe.process(post)
+            finished[post.id] = loop.time()
+
+        await asyncio.gather(one(Post(id="fast", text=TWEET)), one(Post(id="slow", text=f"{TWEET} {slow_marker}")))
+
+    asyncio.run(main())
+    assert finished["fast"] < finished["slow"] - 0.05, "two more rounds of 2 x 30 ms for the slow post only"
+
+
+class HangingFor(FakeChatModel):
+    """Never answers a prompt that mentions ``marker``."""
+
+    marker: str = "stuck"
+
+    async def acomplete(self, conversations, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+        if any(self.marker in str(m.content) for c in conversations for m in c):
+            await asyncio.Event().wait()
+        return await super().acomplete(conversations, stop, **kwargs)
+
+
+def test_a_hanging_post_hits_its_deadline_alone() -> None:
+    deps = GraphDeps(llm=HangingFor(), prompts=load_prompts())
+    pipe = MikoPipeline(deps, models=MODELS, deadline_s=0.5)
+    results = run_together(pipe, [Post(id="a", text=TWEET), Post(id="b", text="stuck here"), Post(id="c", text="hi")])
+    assert isinstance(results[1], PostFailed) and "deadline" in str(results[1])
+    assert [r.post_id for r in (results[0], results[2])] == ["a", "c"]  # type: ignore[union-attr]
