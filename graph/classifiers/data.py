@@ -1,0 +1,104 @@
+"""Reading labelled posts from JSONL (raw posts or ``miko-stream process`` events) and splitting them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from graph.classifiers.inputs import LabelledPost
+
+
+class DataError(ValueError):
+    """An input file the student cannot use; the message says which line and why."""
+
+
+def read_posts(path: Path, *, require_labels: bool = False, limit: int | None = None) -> list[LabelledPost]:
+    """Posts from a JSONL file: ``id``/``post_id``, ``text``, ``caption``, ``intentions``, ``label``, ``image``."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    posts: list[LabelledPost] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not JSON ({error.msg})") from error
+            post = _as_post(row, f"{path}:{number}")
+            if require_labels and post.label is None:
+                raise DataError(f"{path}:{number}: no `label` (0 or 1): training and evaluation need labelled posts")
+            posts.append(post)
+            if limit is not None and len(posts) >= limit:
+                break
+    if not posts:
+        raise DataError(f"{path}: no posts")
+    return posts
+
+
+def _as_post(row: Any, where: str) -> LabelledPost:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    post_id = row.get("id", row.get("post_id"))
+    if post_id is None:
+        raise DataError(f"{where}: no `id` (or `post_id`)")
+    label = row.get("label")
+    if label is not None and label not in (0, 1, True, False):
+        raise DataError(f"{where}: `label` must be 0 or 1, got {label!r}")
+    intentions = tuple(
+        (str(item.get("relation", "")), str(item.get("text", "")))
+        for item in row.get("intentions") or []
+        if isinstance(item, dict) and item.get("text")
+    )
+    return LabelledPost(
+        id=str(post_id),
+        text=str(row.get("text") or ""),
+        caption=row.get("caption") or None,
+        intentions=intentions,
+        label=None if label is None else int(label),
+        image_path=_image_path(row.get("image"), where),
+    )
+
+
+def _image_path(image: Any, where: str) -> str | None:
+    if image is None or image == "":
+        return None
+    if isinstance(image, str):
+        return image
+    if isinstance(image, dict) and image.get("path"):
+        return str(image["path"])
+    raise DataError(f"{where}: only local image paths can feed an image encoder (`image` or `image.path`)")
+
+
+def split_posts(
+    posts: Sequence[LabelledPost], fraction: float, *, salt: str = "eval"
+) -> tuple[list[LabelledPost], list[LabelledPost]]:
+    """(rest, held-out): a stratified ``fraction`` of each label, chosen by a hash of the id, so it never moves."""
+    if not 0 < fraction < 1:
+        raise DataError(f"split fraction must be between 0 and 1, got {fraction}")
+
+    def rank(post: LabelledPost) -> str:
+        return hashlib.blake2b(f"{salt}\x1f{post.id}".encode(), digest_size=8).hexdigest()
+
+    held: set[str] = set()
+    for label in sorted({post.label for post in posts}, key=str):
+        group = sorted((post for post in posts if post.label == label), key=rank)
+        held.update(post.id for post in group[: max(1, round(fraction * len(group)))] if len(group) > 1)
+    return [post for post in posts if post.id not in held], [post for post in posts if post.id in held]
+
+
+def write_posts(posts: Sequence[LabelledPost], path: Path) -> None:
+    """JSONL in the shape :func:`read_posts` reads (for split files)."""
+    with path.open("w", encoding="utf-8") as out:
+        for post in posts:
+            row: dict[str, Any] = {"id": post.id, "text": post.text, "label": post.label}
+            if post.caption:
+                row["caption"] = post.caption
+            if post.intentions:
+                row["intentions"] = [{"relation": r, "text": t} for r, t in post.intentions]
+            if post.image_path:
+                row["image"] = {"path": post.image_path}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
