@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     local_runtime: Literal["auto", "native", "transformers"] = Field(
         "auto", description="Local models: native Llama runtime (fast start), transformers, or auto (native if able)."
     )
+    local_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Local models' weights: bf16, fp32, or auto (bf16 where the CPU has AVX-512 BF16/AMX)."
+    )
     post_deadline_s: float = 600.0
     graph_batch_size: int | None = Field(
         None,

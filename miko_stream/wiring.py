@@ -40,6 +40,7 @@ def llm_config(settings: Settings) -> LLMConfig:
         max_new_tokens=settings.max_new_tokens,
         openai_api_key=secret(settings.openai_api_key),
         local_runtime=settings.local_runtime,
+        local_dtype=settings.local_dtype,
     )
 
 

@@ -126,8 +126,10 @@ def chat(post: str) -> list:
     return [SystemMessage("Complete the sentence."), HumanMessage(f"Post: {post}"), AIMessage("The user")]
 
 
-async def test_rows_join_and_leave_and_match_running_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = build_chat_model(f"hf:{tiny_model_dir}", LLMConfig(cache_dir=tmp_path, max_batch_size=4, max_wait_ms=200))
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+async def test_rows_join_and_leave_and_match_running_alone(dtype: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = LLMConfig(cache_dir=tmp_path, max_batch_size=4, max_wait_ms=200, local_dtype=dtype)  # type: ignore[arg-type]
+    model = build_chat_model(f"hf:{tiny_model_dir}", config)
     assert isinstance(model, LocalChatModel)
     engine = model.handle.engine
     engine.sharing = engine.prefix_cache = None  # this test is about slots, not prefixes

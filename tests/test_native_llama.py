@@ -82,7 +82,8 @@ async def test_auto_runtime_serves_the_chat_model_natively(tiny_model_dir: Path,
     chat = [SystemMessage("Complete the sentence."), HumanMessage("Post: marathon friends"), AIMessage("The user")]
     replies = {}
     for runtime in ("auto", "transformers"):
-        model = build_chat_model(f"hf:{tiny_model_dir}", LLMConfig(cache_dir=tmp_path, local_runtime=runtime))
+        config = LLMConfig(cache_dir=tmp_path, local_runtime=runtime, local_dtype="fp32")  # exact agreement: fp32
+        model = build_chat_model(f"hf:{tiny_model_dir}", config)
         replies[runtime] = (await model.ainvoke(chat, max_tokens=12)).content
         scores = await model.ayes_probability([chat[:2]])  # type: ignore[attr-defined]
         replies[runtime + " score"] = round(scores[0], 4)

@@ -20,8 +20,9 @@ STEMS = ["After posting this, the user wants to", "The user posted this because 
 pytestmark = pytest.mark.usefixtures("fresh_local_engines")
 
 
-def build(folder: Path, tmp_path: Path) -> LocalChatModel:
-    model = build_chat_model(f"hf:{folder}", LLMConfig(cache_dir=tmp_path, max_batch_size=32, max_wait_ms=200))
+def build(folder: Path, tmp_path: Path, local_dtype: str = "auto") -> LocalChatModel:
+    config = LLMConfig(cache_dir=tmp_path, max_batch_size=32, max_wait_ms=200, local_dtype=local_dtype)  # type: ignore[arg-type]
+    model = build_chat_model(f"hf:{folder}", config)
     assert isinstance(model, LocalChatModel)
     return model
 
@@ -85,8 +86,9 @@ def test_prefix_cache_finds_the_longest_prefix_and_evicts_least_recent() -> None
     assert plan.suffixes[:2] == [[5], [6, 6]]
 
 
-async def test_shared_prefill_equals_full_prefill(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = build(tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+async def test_shared_prefill_equals_full_prefill(dtype: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = build(tiny_model_dir, tmp_path, local_dtype=dtype)
     engine: LocalEngine = model.handle.engine
     traces: list[CallTrace] = []
     engine.observer = traces.append

@@ -14,7 +14,7 @@ import structlog
 from langchain_core.language_models import BaseChatModel
 
 from graph.models.base import ModelSpecError
-from graph.models.local import LocalChatModel, LocalEngineHandle, Runtime, load_engine
+from graph.models.local import LocalChatModel, LocalDtype, LocalEngineHandle, Runtime, load_engine
 from graph.models.spec import LLMSpec, parse_llm_spec
 
 log = structlog.get_logger(__name__)
@@ -38,6 +38,8 @@ class LLMConfig:
     request_timeout_s: float = 120.0
     local_runtime: Runtime = "auto"
     """Local models: ``native`` Llama runtime, ``transformers``, or ``auto`` (native for plain Llamas)."""
+    local_dtype: LocalDtype = "auto"
+    """Local models' weights: ``bf16``, ``fp32``, or ``auto`` (bf16 where the CPU multiplies it natively)."""
 
 
 _engines: dict[tuple[object, ...], LocalEngineHandle] = {}
@@ -63,16 +65,22 @@ def local_source(spec: LLMSpec, config: LLMConfig) -> str:
 
 def _local_model(spec: LLMSpec, config: LLMConfig) -> BaseChatModel:
     source = local_source(spec, config)
-    key = (source, config.max_batch_size, config.max_wait_ms, config.torch_threads, config.local_runtime)
+    key = (
+        source, config.max_batch_size, config.max_wait_ms, config.torch_threads, config.local_runtime,
+        config.local_dtype,
+    )  # fmt: skip
     with _engines_lock:
         handle = _engines.get(key)
         if handle is None or handle.batcher.closed:
-            engine = load_engine(source, torch_threads=config.torch_threads, runtime=config.local_runtime)
+            engine = load_engine(
+                source, torch_threads=config.torch_threads, runtime=config.local_runtime, dtype=config.local_dtype
+            )
             handle = LocalEngineHandle(
                 engine, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms, name=str(spec)
             )
             _engines[key] = handle
-            log.info("local_model_loaded", model=str(spec), source=source, runtime=type(engine.model).__name__)
+            log.info("local_model_loaded", model=str(spec), source=source, runtime=type(engine.model).__name__,
+                     dtype=engine.precision)  # fmt: skip
     return LocalChatModel(
         spec=str(spec), handle=handle, max_new_tokens=config.max_new_tokens, temperature=config.temperature
     )

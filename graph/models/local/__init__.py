@@ -11,16 +11,18 @@ Map (dependencies point down; only ``chat_model`` knows LangChain, only ``loadin
 - :mod:`.slots` ``SlotCache``: per-row key/value slots written in place at every decode step.
 - :mod:`.llama` ``NativeLlama``: a torch-only Llama forward pass; :mod:`.llama_config` reads its config (no torch).
 - :mod:`.chat_tokenizer` ``ChatTokenizer``: chat templates and tokens on the ``tokenizers`` library alone.
+- :mod:`.precision` bf16 or fp32 weights (``MIKO_LOCAL_DTYPE``): bf16 where the CPU multiplies it natively.
 
 Torch and transformers are imported only once a model is loaded, so importing this package stays cheap.
 """
 
 from graph.models.local.chat_model import LocalChatModel, chat_turns
 from graph.models.local.engine import LocalEngine, PromptTooLongError
-from graph.models.local.loading import LocalEngineHandle, ModelLoadError, Runtime, load_engine
+from graph.models.local.loading import LocalDtype, LocalEngineHandle, ModelLoadError, Runtime, load_engine
 
 __all__ = [
     "LocalChatModel",
+    "LocalDtype",
     "LocalEngine",
     "LocalEngineHandle",
     "ModelLoadError",

@@ -107,12 +107,20 @@ CallObserver = Callable[[CallTrace], None]
 
 @dataclass
 class _Row:
-    """A running generation; ``tokens`` are its new tokens so far, the last one not yet in the cache."""
+    """A running generation; ``tokens`` are its new tokens so far, the last one not yet in the cache.
+
+    Rows with stop strings also keep their text so far (``text``, decoded incrementally: ``tokens[:read]``
+    are in it, ``tokens[context:read]`` is the window decoded again for context), so that each step decodes
+    and searches only what is new.
+    """
 
     handle: int
     prompt: list[int]
     options: CallOptions
     tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    context: int = 0
+    read: int = 0
 
 
 def _single_token_ids(tokenizer: AnyTokenizer, variants: Sequence[str]) -> list[int]:
@@ -130,6 +138,11 @@ def _take(rows: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     import torch
 
     return rows.index_select(0, torch.tensor(indices, dtype=torch.long))
+
+
+def _first_stop(text: str, stops: Sequence[str], start: int) -> int:
+    """Where the earliest stop string in ``text[start:]`` begins, or -1."""
+    return min((i for i in (text.find(stop, start) for stop in stops) if i >= 0), default=-1)
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
@@ -162,6 +175,8 @@ class LocalEngine:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
         self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.precision = "bf16" if str(model.dtype) == "torch.bfloat16" else "fp32"
+        """What the weights' matrix products run in (see :mod:`graph.models.local.precision`)."""
         self.yes_ids = _single_token_ids(tokenizer, YES_VARIANTS)
         self.no_ids = _single_token_ids(tokenizer, NO_VARIANTS)
         self.sharing = sharing
@@ -177,6 +192,10 @@ class LocalEngine:
         from graph.models.local.slots import slot_cache_for  # imports torch: only once a model is loaded
 
         self._slots = slot_cache_for(model, model.config.get_text_config().num_hidden_layers)
+        from graph.models.local.llama import NativeLlama
+
+        self._step_options = {"exact_logits": False} if isinstance(model, NativeLlama) else {}
+        """Decode steps only pick tokens: the native model may run its output head in bf16 for them."""
         self._rows: list[_Row] = []  # row i lives in slot i
         self._handles = itertools.count()
 
@@ -290,6 +309,7 @@ class LocalEngine:
                     cache=self._slots,
                     use_cache=True,
                     logits_to_keep=1,
+                    **self._step_options,
                 ).logits[:, -1, :]
             finally:
                 self._slots.end_step()
@@ -330,43 +350,67 @@ class LocalEngine:
             raise
 
     def _yes_probability(self, logits: torch.Tensor) -> list[float | None]:
-        """P(yes) / (P(yes) + P(no)) from next-token logits."""
+        """P(yes) / (P(yes) + P(no)) from next-token logits, in fp32 whatever the model's precision.
+
+        Only the yes/no logits matter (the softmax's normaliser cancels), so it is computed from them alone.
+        """
         import torch
 
         if logits.shape[0] == 0:
             return []
-        probs = torch.softmax(logits.float(), dim=-1)
-        yes = probs[:, self.yes_ids].sum(-1)
-        total = yes + probs[:, self.no_ids].sum(-1)
-        return [float(y / t) if t > 0 else None for y, t in zip(yes.tolist(), total.tolist(), strict=True)]
+        logits = logits.float()
+        yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
+        no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
+        probability = torch.sigmoid(yes - no)
+        return [None if p != p else float(p) for p in probability.tolist()]
 
     def _sample(self, logits: torch.Tensor, options: Sequence[CallOptions]) -> list[int]:
-        """Greedy rows take the argmax; rows with a temperature sample from the tempered distribution."""
+        """Greedy rows take the argmax; rows with a temperature sample from the tempered distribution (fp32)."""
         import torch
 
         if logits.shape[0] == 0:
             return []
+        logits = logits.float()
         tokens = logits.argmax(-1)
         hot = [i for i, o in enumerate(options) if o.temperature > 0]
         if hot:
-            temperatures = torch.tensor([options[i].temperature for i in hot], dtype=logits.dtype)
-            probs = torch.softmax(logits[hot].float() / temperatures[:, None], dim=-1)
+            temperatures = torch.tensor([options[i].temperature for i in hot], dtype=torch.float32)
+            probs = torch.softmax(logits[hot] / temperatures[:, None], dim=-1)
             tokens[hot] = torch.multinomial(probs, 1).squeeze(-1)
         return tokens.tolist()
 
     def _finished(self, row: _Row) -> Completion | None:
         """The completion if ``row`` is done: EOS, its budget, or a stop string in its text."""
-        token = row.tokens[-1]
-        budget, stops = row.options.max_new_tokens, row.options.stop
-        if token in self.eos_ids:
+        if row.tokens[-1] in self.eos_ids:
             return self._completion(row, row.tokens[:-1], "stop")
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True) if stops else ""
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        if cut >= 0:
-            return self._completion(row, row.tokens, "stop", text[:cut])
-        if len(row.tokens) >= budget:
+        if row.options.stop and self._stop_in_new_text(row):
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            cut = _first_stop(text, row.options.stop, 0)
+            return self._completion(row, row.tokens, "stop", text[:cut] if cut >= 0 else row.text)
+        if len(row.tokens) >= row.options.max_new_tokens:
             return self._completion(row, row.tokens, "length")
         return None
+
+    def _stop_in_new_text(self, row: _Row) -> bool:
+        """Decode the row's new tokens onto ``row.text`` and look for a stop string ending in the new part.
+
+        Earlier steps searched everything before, so only the last ``longest stop - 1`` old characters and the
+        new ones need searching; on a hit ``row.text`` is cut before the stop.
+        """
+        decode = self.tokenizer.decode
+        window = decode(row.tokens[row.context : row.read], skip_special_tokens=True)
+        extended = decode(row.tokens[row.context :], skip_special_tokens=True)
+        if len(extended) <= len(window) or extended.endswith("\ufffd"):  # nothing new, or half a character
+            return False
+        start = len(row.text)
+        row.text += extended[len(window) :]
+        row.context, row.read = row.read, len(row.tokens)
+        longest = max(len(stop) for stop in row.options.stop)
+        cut = _first_stop(row.text, row.options.stop, max(0, start - longest + 1))
+        if cut < 0:
+            return False
+        row.text = row.text[:cut]
+        return True
 
     def _completion(self, row: _Row, tokens: list[int], finish: str, text: str | None = None) -> Completion:
         if text is None:

@@ -11,6 +11,11 @@ position_ids=..., cache=..., logits_to_keep=1).logits``, where ``attention_mask`
 cached plus new columns or a prepared additive 4D mask, and ``cache`` anything with
 ``update(keys, values, layer_idx) -> (all_keys, all_values)``. Query/key/value and gate/up projections are
 fused into one matrix each at load time: fewer, larger matrix products are faster on a CPU.
+
+Precision: the weight matrices may be bf16 (:mod:`graph.models.local.precision`); then only their matrix
+products run in bf16. The residual stream, the norms, rotary embeddings, attention, the key/value cache and the
+logits stay in fp32, because that is where bf16's 8-bit mantissa would hurt (sums over 30 layers, softmax over
+long rows, P(yes) from two logits) and where the cost is small next to the projections.
 """
 
 from __future__ import annotations
@@ -82,9 +87,12 @@ class NativeLlama:
         self.config = config
         self.generation_config = SimpleNamespace(eos_token_id=eos_ids)
         self.dtype = weights["model.embed_tokens.weight"].dtype
+        """Dtype of the weight matrices and their products; everything else runs in fp32."""
         self.embed = weights["model.embed_tokens.weight"]
         self.norm = weights["model.norm.weight"]
         self.lm_head = self.embed if config.tie_word_embeddings else weights["lm_head.weight"]
+        self.lm_head_fp32 = self.lm_head.float()
+        """The head in fp32 for prompt passes, whose logits give P(yes); decode steps may use the bf16 one."""
         self.blocks = [self._block(weights, f"model.layers.{n}.") for n in range(config.num_hidden_layers)]
         dim = config.head_dim
         self.inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
@@ -119,10 +127,15 @@ class NativeLlama:
         position_ids: torch.Tensor,
         cache: KVCache,
         logits_to_keep: int = 0,
+        exact_logits: bool = True,
         **_: Any,
     ) -> SimpleNamespace:
-        """Logits ``[rows, kept, vocab]`` for the new tokens; their keys/values go into ``cache``."""
-        hidden = F.embedding(input_ids, self.embed)
+        """Logits ``[rows, kept, vocab]`` (fp32) for the new tokens; their keys/values go into ``cache``.
+
+        ``exact_logits=False`` runs the output head in the weights' dtype: ~4x cheaper in bf16, for decode steps
+        whose logits only pick the next token.
+        """
+        hidden = F.embedding(input_ids, self.embed).float()
         cos, sin = self._rotary(position_ids)
         mask = self._additive_mask(attention_mask, input_ids.shape[1])
         for number, block in enumerate(self.blocks):
@@ -131,18 +144,22 @@ class NativeLlama:
             gate, up = F.linear(normed, block.gate_up).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, block.down)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        return SimpleNamespace(logits=F.linear(self._rms(kept, self.norm), self.lm_head))
+        if exact_logits:
+            normed = F.rms_norm(kept, (kept.shape[-1],), self.norm, self.config.rms_norm_eps)
+            return SimpleNamespace(logits=F.linear(normed, self.lm_head_fp32))
+        return SimpleNamespace(logits=F.linear(self._rms(kept, self.norm), self.lm_head).float())
 
     # -- pieces ----------------------------------------------------------------------------------------------
 
     def _rms(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        variance = hidden.pow(2).mean(-1, keepdim=True)
-        return weight * (hidden * torch.rsqrt(variance + self.config.rms_norm_eps))
+        """RMSNorm of the fp32 residual stream, in fp32, handed to the next matrix product in its dtype."""
+        normed = F.rms_norm(hidden, (hidden.shape[-1],), weight, self.config.rms_norm_eps)
+        return normed.to(self.dtype)
 
     def _rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq
         angles = torch.cat([freqs, freqs], dim=-1)
-        return angles.cos().to(self.dtype)[:, None], angles.sin().to(self.dtype)[:, None]
+        return angles.cos()[:, None], angles.sin()[:, None]
 
     def _additive_mask(self, attention_mask: torch.Tensor, new: int) -> torch.Tensor:
         """``[rows, 1, new, columns]``: 0 where a new token may look, the dtype's minimum elsewhere.
@@ -151,12 +168,12 @@ class NativeLlama:
         minimum (not -inf) keeps fully masked rows (left padding) finite, as Hugging Face does.
         """
         if attention_mask.dim() == 4:
-            return attention_mask.to(self.dtype)
+            return attention_mask.float()
         columns = attention_mask.shape[1]
         causal = torch.arange(columns)[None, :] <= torch.arange(columns - new, columns)[:, None]
         visible = causal[None] & attention_mask[:, None, :].bool()
-        mask = torch.zeros(visible.shape, dtype=self.dtype)
-        mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
+        mask = torch.zeros(visible.shape, dtype=torch.float32)
+        mask.masked_fill_(~visible, torch.finfo(torch.float32).min)
         return mask[:, None]
 
     def _attention(
@@ -173,11 +190,11 @@ class NativeLlama:
         rows, new, _ = hidden.shape
         heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         qkv = F.linear(hidden, block.qkv).view(rows, new, heads + 2 * kv_heads, dim).transpose(1, 2)
-        query, keys, values = qkv.split([heads, kv_heads, kv_heads], dim=1)
+        query, keys, values = qkv.float().split([heads, kv_heads, kv_heads], dim=1)
         query, keys = _rotate(query, cos, sin), _rotate(keys, cos, sin)
         keys, values = cache.update(keys.contiguous(), values.contiguous(), layer)
         attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=kv_heads != heads)
-        return F.linear(attended.transpose(1, 2).reshape(rows, new, heads * dim), block.out)
+        return F.linear(attended.transpose(1, 2).reshape(rows, new, heads * dim).to(self.dtype), block.out)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,10 +203,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
-def load_native_llama(folder: Path) -> NativeLlama:
-    """Read ``config.json`` and ``model.safetensors`` (float32) from ``folder``."""
+def load_native_llama(folder: Path, dtype: torch.dtype = torch.float32) -> NativeLlama:
+    """Read ``config.json`` and ``model.safetensors`` from ``folder``: weight matrices in ``dtype``, norms in fp32."""
     from safetensors.torch import load_file
 
     config = read_config(folder)
-    weights = {name: tensor.float() for name, tensor in load_file(folder / "model.safetensors").items()}
+    weights = {
+        name: tensor.to(dtype) if tensor.dim() == 2 else tensor.float()
+        for name, tensor in load_file(folder / "model.safetensors").items()
+    }
     return NativeLlama(config, weights, read_eos_ids(folder))

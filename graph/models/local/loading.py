@@ -12,8 +12,9 @@ from typing import Any, Literal
 from graph.models.local.batcher import ContinuousBatcher
 from graph.models.local.engine import LocalEngine, LocalRequest, LocalResult
 from graph.models.local.llama_config import is_native_llama
+from graph.models.local.precision import LocalDtype, Precision, resolve_precision
 
-__all__ = ["LocalEngineHandle", "ModelLoadError", "Runtime", "load_engine"]
+__all__ = ["LocalDtype", "LocalEngineHandle", "ModelLoadError", "Runtime", "load_engine"]
 
 
 class ModelLoadError(OSError):
@@ -23,25 +24,37 @@ class ModelLoadError(OSError):
 Runtime = Literal["auto", "native", "transformers"]
 
 
-def load_engine(source: str | Path, *, torch_threads: int | None = None, runtime: Runtime = "auto") -> LocalEngine:
-    """Load a model folder (or hub id present in the local cache) in float32 for CPU inference."""
+def load_engine(
+    source: str | Path, *, torch_threads: int | None = None, runtime: Runtime = "auto", dtype: LocalDtype = "auto"
+) -> LocalEngine:
+    """Load a model folder (or hub id present in the local cache) for CPU inference.
+
+    ``dtype``: ``auto`` runs the weights in bf16 on CPUs that multiply it natively, else in fp32.
+    """
     folder = Path(source)
+    precision = resolve_precision(dtype)
     if runtime == "native" or (runtime == "auto" and is_native_llama(folder)):
-        model, tokenizer = _load_native(folder)
+        model, tokenizer = _load_native(folder, precision)
     else:
-        model, tokenizer = _load_transformers(source)
+        model, tokenizer = _load_transformers(source, precision)
     try:
         return LocalEngine(model, tokenizer, torch_threads=torch_threads)
     except ValueError as error:
         raise ModelLoadError(f"cannot use local model {str(source)!r}: {error}") from error
 
 
-def _load_native(folder: Path) -> tuple[Any, Any]:
+def _torch_dtype(precision: Precision) -> Any:
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _load_native(folder: Path, precision: Precision) -> tuple[Any, Any]:
     from graph.models.local.chat_tokenizer import ChatTokenizer
     from graph.models.local.llama import load_native_llama
 
     try:
-        return load_native_llama(folder), ChatTokenizer.from_folder(folder)
+        return load_native_llama(folder, _torch_dtype(precision)), ChatTokenizer.from_folder(folder)
     except Exception as error:  # unsupported config, missing or corrupt files: all mean "fix the folder"
         raise ModelLoadError(
             f"cannot load local model {str(folder)!r} on the native runtime: {error}. "
@@ -49,15 +62,14 @@ def _load_native(folder: Path) -> tuple[Any, Any]:
         ) from error
 
 
-def _load_transformers(source: str | Path) -> tuple[Any, Any]:
-    import torch
+def _load_transformers(source: str | Path, precision: Precision) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # tqdm bars would interleave with the service's JSON logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=_torch_dtype(precision))
     except Exception as error:  # transformers raises OSError, ValueError, hub errors... all mean "fix the path"
         raise ModelLoadError(
             f"cannot load local model {str(source)!r}: {error}. Pass a folder with config.json, tokenizer "

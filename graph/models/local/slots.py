@@ -34,8 +34,7 @@ class SlotCache:
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []  # tokens stored per live slot
         self._step_width = 0
-        self._step_rows: torch.Tensor | None = None
-        self._step_columns: torch.Tensor | None = None
+        self._step_index: torch.Tensor | None = None  # where each live row's new key/value goes, per head
 
     @property
     def live(self) -> int:
@@ -88,8 +87,9 @@ class SlotCache:
         width = int(lengths.max()) + 1
         self._reserve(self.live, width, self.keys[0])
         self._step_width = width
-        self._step_rows = torch.arange(self.live)
-        self._step_columns = lengths
+        _, heads, columns, _ = self.keys[0].shape
+        rows_and_heads = torch.arange(self.live * heads).view(self.live, heads)
+        self._step_index = (rows_and_heads * columns + lengths[:, None]).view(-1)
         visible = torch.arange(width)[None, :] <= lengths[:, None]
         mask = torch.zeros(visible.shape, dtype=self.keys[0].dtype)
         mask.masked_fill_(~visible, torch.finfo(mask.dtype).min)
@@ -97,17 +97,21 @@ class SlotCache:
 
     def end_step(self) -> None:
         self.lengths = [length + 1 for length in self.lengths]
-        self._step_rows = self._step_columns = None
+        self._step_index = None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the step's one new token per live row, return the live rows' keys/values (views)."""
-        if self._step_rows is None or key_states.shape[2] != 1:
+        """Write the step's one new token per live row, return the live rows' keys/values (views).
+
+        One ``index_copy_`` into the flattened tensor per call (advanced-index assignment cost ~50x more).
+        """
+        if self._step_index is None or key_states.shape[2] != 1:
             raise RuntimeError("SlotCache takes one token per live row, between begin_step and end_step")
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[self._step_rows, :, self._step_columns] = key_states[:, :, 0]
-        values[self._step_rows, :, self._step_columns] = value_states[:, :, 0]
+        dim = keys.shape[-1]
+        keys.view(-1, dim).index_copy_(0, self._step_index, key_states.reshape(-1, dim).to(keys.dtype))
+        values.view(-1, dim).index_copy_(0, self._step_index, value_states.reshape(-1, dim).to(values.dtype))
         live, width = self.live, self._step_width
         return keys[:live, :, :width], values[:live, :, :width]
 
