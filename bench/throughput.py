@@ -12,7 +12,9 @@ In one process, on the same posts and with the same graph configuration:
   at an even stride, to bound the time). (a) and (b) run on the service's local runtime (``--runtime``).
 
 Generated tokens are counted the same way for (b) and (c): new tokens up to EOS, the budget or the token that
-completes a stop string. Cold start runs in fresh interpreters (the first start warms the disk cache, the
+completes a stop string. Model FLOP utilisation of (b): the model FLOPs of its prompt passes and decoding steps
+(bench/flops.py: 2 x parameters x tokens plus attention) over their time, next to the bf16 and fp32 matrix
+product peaks measured in the same run. Cold start runs in fresh interpreters (the first start warms the disk cache, the
 last is reported): ``build_chat_model`` to first token, and process start (imports included) to first token.
 
 Run from the project root (targets and results: bench/RESULTS.md):
@@ -40,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -51,6 +53,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from bench.flops import ModelShape, matmul_peak
 from graph.contracts import IntentionEvent, Post
 from graph.intake import InputLimits, IntakeError, decode_post
 from graph.models.local import LocalChatModel, LocalEngineHandle
@@ -133,6 +136,15 @@ class Recorder:
     @property
     def model_seconds(self) -> float:
         return sum(t.seconds for t in self.traces)
+
+    def flops(self, kind: str, shape: ModelShape) -> tuple[float, float]:
+        """(model FLOPs, seconds) of the passes of ``kind``: prompt passes count their prefilled tokens."""
+        traces = self.of(kind)
+        if kind == "prefill":
+            flops = sum(shape.flops(t.prefill_tokens, t.rows, t.attention_pairs) for t in traces)
+        else:
+            flops = sum(shape.flops(t.rows, t.rows, t.attention_pairs) for t in traces)
+        return flops, sum(t.seconds for t in traces)
 
     def breakdown(self) -> list[str]:
         """Where the model time went: prompt passes and decoding steps."""
@@ -308,7 +320,7 @@ def bare_generate(engine: LocalEngine, rows: Sequence[FinishedRow], batch_size: 
 
 
 def reference_engine(args: argparse.Namespace) -> LocalEngine:
-    """The same weights loaded by transformers, whose ``generate`` is (c)'s reference."""
+    """The same weights loaded by transformers (same precision), whose ``generate`` is (c)'s reference."""
     from graph.models.local import load_engine
     from graph.models.registry import local_source
     from graph.models.spec import parse_llm_spec
@@ -316,7 +328,7 @@ def reference_engine(args: argparse.Namespace) -> LocalEngine:
     from miko_stream.wiring import llm_config
 
     source = local_source(parse_llm_spec(args.llm), llm_config(Settings(llm=args.llm)))
-    return load_engine(source, runtime="transformers")
+    return load_engine(source, runtime="transformers", dtype=args.dtype)
 
 
 def _bare_key(options: CallOptions) -> tuple[int, tuple[str, ...]]:
@@ -387,6 +399,7 @@ def build_pipelines(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         local_runtime=args.runtime,
+        local_dtype=args.dtype,
     )
     pipeline = build_pipeline(settings)
     model = pipeline.deps.llm
@@ -408,6 +421,8 @@ def build_pipelines(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from miko_stream.settings import Settings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="JSONL posts (id, text, caption)")
     parser.add_argument("--posts", type=int, default=64, help="posts for the pipeline (b)")
@@ -416,11 +431,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: MIKO_MAX_BATCH_SIZE")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="default: MIKO_MAX_WAIT_MS")
     parser.add_argument("--max-in-flight", type=int, default=None, help="default: MIKO_MAX_IN_FLIGHT")
-    parser.add_argument("--verifier", choices=["llm", "heuristic", "none"], default="llm")
+    parser.add_argument("--verifier", choices=get_args(Settings.model_fields["verifier"].annotation), default="llm")
     parser.add_argument("--max-rounds", type=int, default=None, help="default: MIKO_MAX_ROUNDS")
     parser.add_argument(
         "--runtime", choices=["auto", "native", "transformers"], default="auto", help="local runtime for (a) and (b)"
     )
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="local model precision")
     parser.add_argument("--no-share-prefixes", dest="share_prefixes", action="store_false")
     parser.add_argument("--prefix-cache-mb", type=float, default=None, help="default: the engine's")
     parser.add_argument(
@@ -434,8 +450,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.cold_start_child and args.data is None:
         parser.error("--data is required")
-    from miko_stream.settings import Settings
-
     defaults = Settings()
     for name in ("max_batch_size", "max_wait_ms", "max_in_flight", "max_rounds"):
         if getattr(args, name) is None:
@@ -497,7 +511,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"config: --llm {args.llm}, max_batch_size={args.max_batch_size}, max_wait_ms={args.max_wait_ms:g}, "
         f"max_in_flight={args.max_in_flight}, verifier={args.verifier}, max_rounds={args.max_rounds}, "
         f"shared prefixes {'on' if engine.sharing else 'off'}, torch threads {engine.torch_threads}, "
-        f"runtime {type(engine.model).__name__}",
+        f"runtime {type(engine.model).__name__}, precision {engine.precision}",
+        flush=True,
+    )
+    peaks = {name: matmul_peak(name, engine.torch_threads) for name in ("bf16", "fp32")}
+    print(
+        f"measured matrix-product peaks (2048^3, {engine.torch_threads} threads): bf16 {peaks['bf16'] / 1e9:.0f} "
+        f"GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s",
         flush=True,
     )
     posts = load_posts(args.data, max(args.posts, args.sequential_posts) + 1)
@@ -521,10 +541,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak_mb:.0f} MB (this process: model, (a), (b) and (c))")
+    prefill_mfu = None
+    if b is not None:
+        shape = ModelShape.of(engine.model.config)
+        for kind in ("prefill", "decode"):
+            flops, seconds = b.recorder.flops(kind, shape)
+            rate = flops / seconds if seconds else 0.0
+            print(
+                f"model FLOP utilisation of (b), {kind}: {flops / 1e12:.2f} TFLOP in {seconds:.1f}s = "
+                f"{rate / 1e9:.0f} GFLOP/s = {100 * rate / peaks['bf16']:.0f}% of the bf16 peak, "
+                f"{100 * rate / peaks['fp32']:.0f}% of the fp32 peak"
+            )
+            if kind == "prefill":
+                prefill_mfu = rate / peaks["bf16"]
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if a is not None and b is not None and c is not None:
         print(
             f"speedup_vs_sequential={b.posts_per_s / a.posts_per_s:.2f} "
-            f"efficiency_vs_generate={b.tokens_per_s / c.tokens_per_s:.2f}"
+            f"efficiency_vs_generate={b.tokens_per_s / c.tokens_per_s:.2f} prefill_mfu={prefill_mfu:.2f}"
         )
 
 

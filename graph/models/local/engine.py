@@ -89,7 +89,8 @@ class CallTrace:
     ``prefill`` passes run new prompts: ``prompt_tokens`` is their length, ``prefill_tokens`` what the model
     actually ran over (shared prefixes once, cached ones not at all, padding excluded) and ``padded_tokens``
     the same with padding. ``decode`` passes run one token for each of ``rows`` running generations.
-    ``finished`` lists the generations that completed.
+    ``finished`` lists the generations that completed. ``attention_pairs`` counts the (query, key) pairs of
+    real tokens attended (causally), for FLOP counts.
     """
 
     kind: Literal["prefill", "decode"]
@@ -100,6 +101,7 @@ class CallTrace:
     finished: tuple[FinishedRow, ...]
     seconds: float
     padded_tokens: int = 0
+    attention_pairs: int = 0
 
 
 CallObserver = Callable[[CallTrace], None]
@@ -287,7 +289,7 @@ class LocalEngine:
         self.score_calls += bool(scoring)
         self._notify(
             "prefill", len(rows), len(scoring), sum(map(len, rows)), result.prefill_tokens, finished, started,
-            result.padded_tokens,
+            result.padded_tokens, result.attention_pairs,
         )  # fmt: skip
         return outcomes
 
@@ -298,6 +300,7 @@ class LocalEngine:
         started = time.perf_counter()
         self.decode_steps += 1
         rows = len(self._rows)
+        pairs = sum(self._slots.lengths) + rows  # each new token attends its row's cache and itself
         with torch.inference_mode():
             position_ids, mask = self._slots.begin_step()
             tokens = torch.tensor([[row.tokens[-1]] for row in self._rows], dtype=torch.long)
@@ -327,7 +330,7 @@ class LocalEngine:
                 self._slots.remove(slot)
                 self._rows[slot] = self._rows[-1]
                 self._rows.pop()
-        self._notify("decode", rows, 0, 0, 0, finished, started)
+        self._notify("decode", rows, 0, 0, 0, finished, started, attention_pairs=pairs)
         return results
 
     def abandon(self) -> None:
@@ -427,11 +430,14 @@ class LocalEngine:
         finished: Sequence[FinishedRow],
         started: float,
         padded_tokens: int = 0,
+        attention_pairs: int = 0,
     ) -> None:
         if self.observer is None:
             return
         seconds = time.perf_counter() - started
-        trace = CallTrace(kind, rows, scored, prompt_tokens, prefill_tokens, tuple(finished), seconds, padded_tokens)
+        trace = CallTrace(
+            kind, rows, scored, prompt_tokens, prefill_tokens, tuple(finished), seconds, padded_tokens, attention_pairs
+        )
         try:
             self.observer(trace)
         except Exception as error:  # an observer bug must not fail the callers' requests

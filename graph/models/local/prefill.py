@@ -87,6 +87,8 @@ class PassResult:
     """Tokens the model ran over, padding excluded (shared prefixes once, cached ones not at all)."""
     padded_tokens: int
     """The same with padding: what the forward passes actually computed."""
+    attention_pairs: int = 0
+    """(query, key) pairs of real tokens attended, causally: the attention work a FLOP count needs."""
     _rows: list[_RowKV] = field(default_factory=list)
 
     def kv(self, row: int) -> list[LayerKV]:
@@ -139,9 +141,16 @@ def run_prompts(
     for chunk in length_chunks([len(plan.suffixes[i]) for i in shared]):
         members = [shared[i] for i in chunk]
         padded += _run_suffixes(model, plan, members, prefix_kv, pad_id, logits, located)
-    computed = sum(len(plan.prefixes[g]) for g in prefix_kv if plan.cached[g] is None and sizes[g] > 1)
-    prefill_tokens = computed + sum(len(rows[i]) for i in plain) + sum(len(plan.suffixes[i]) for i in shared)
-    return PassResult(torch.stack(logits), prefill_tokens, padded, located)  # type: ignore[arg-type]
+    computed = [len(plan.prefixes[g]) for g in prefix_kv if plan.cached[g] is None and sizes[g] > 1]
+    prefill_tokens = sum(computed) + sum(len(rows[i]) for i in plain) + sum(len(plan.suffixes[i]) for i in shared)
+    pairs = sum(_causal_pairs(0, n) for n in computed) + sum(_causal_pairs(0, len(rows[i])) for i in plain)
+    pairs += sum(_causal_pairs(len(plan.prefixes[plan.group_of[i]]), len(plan.suffixes[i])) for i in shared)
+    return PassResult(torch.stack(logits), prefill_tokens, padded, pairs, located)  # type: ignore[arg-type]
+
+
+def _causal_pairs(before: int, new: int) -> int:
+    """Pairs attended by ``new`` tokens that follow ``before`` cached ones, each seeing itself and all before it."""
+    return new * before + new * (new + 1) // 2
 
 
 def _run_full(
