@@ -190,8 +190,9 @@ class NativeLlama:
         rows, new, _ = hidden.shape
         heads, kv_heads, dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         qkv = F.linear(hidden, block.qkv).view(rows, new, heads + 2 * kv_heads, dim).transpose(1, 2)
-        query, keys, values = qkv.float().split([heads, kv_heads, kv_heads], dim=1)
-        query, keys = _rotate(query, cos, sin), _rotate(keys, cos, sin)
+        rotated = _rotate(qkv[:, : heads + kv_heads].float(), cos, sin)  # queries and keys in one go
+        query, keys = rotated.split([heads, kv_heads], dim=1)
+        values = qkv[:, heads + kv_heads :].float()
         keys, values = cache.update(keys.contiguous(), values.contiguous(), layer)
         attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=kv_heads != heads)
         return F.linear(attended.transpose(1, 2).reshape(rows, new, heads * dim).to(self.dtype), block.out)
