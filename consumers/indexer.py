@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,8 @@ class Indexer:
         self._consumer: AIOKafkaConsumer | None = None
         self._dirty = 0
         self._last_snapshot = time.monotonic()
+        # Called with each batch once it is applied (the dashboard's feed); must be quick and never raise.
+        self.listeners: list[Callable[[list[ConsumerRecord[bytes, bytes]]], None]] = []
 
     # stats ------------------------------------------------------------------------------------------------
 
@@ -290,6 +293,11 @@ class Indexer:
         RECORDS.labels("invalid").inc(decoded.invalid)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         log.debug("indexer_batch", records=len(records), posts=len(decoded.changes), embedded=embedded)
+        for listener in self.listeners:
+            try:
+                listener(records)
+            except Exception:
+                log.exception("indexer_listener_failed")
 
     def _snapshot_due(self) -> bool:
         if not self._dirty:

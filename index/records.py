@@ -34,3 +34,13 @@ class Hit:
     score: float
     verifier_score: float | None
     post_text: str
+
+
+@dataclass(frozen=True)
+class IntentionRef:
+    """An indexed intention and its vector id (``vector_id(post_id, relation)``)."""
+
+    post_id: str
+    relation: str
+    text: str
+    vid: int

@@ -7,14 +7,16 @@ blocks. Readers (API, CLI) call the synchronous ``search``/``similar``/``documen
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from index.embeddings import Embedder
-from index.records import Hit
+from index.records import Hit, IntentionRef
 from index.snapshot import Snapshot, SnapshotDir
 from index.store import Changes, IntentionStore, embed_plan
 from index.vectors import VectorIndexConfig
@@ -88,6 +90,9 @@ class IntentionIndex:
 
     def document(self, post_id: str) -> str | None:
         return self.store.document(post_id)
+
+    def intention_vectors(self, post_ids: Iterable[str]) -> tuple[list[IntentionRef], np.ndarray]:
+        return self.store.intention_vectors(post_ids)
 
     def stats(self) -> dict[str, Any]:
         return self.store.stats()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 
 from index.metadata import MetadataDB
-from index.records import Hit, IntentionDoc, PostDoc
+from index.records import Hit, IntentionDoc, IntentionRef, PostDoc
 from index.snapshot import Snapshot, SnapshotDir
 from index.vectors import (
     IndexKind,
@@ -302,6 +302,19 @@ class IntentionStore:
                 if len(best) >= k or per_query >= len(self._vectors):
                     return sorted(best.values(), key=lambda hit: -hit.score)[:k]
                 per_query *= 4
+
+    def intention_vectors(self, post_ids: Iterable[str]) -> tuple[list[IntentionRef], np.ndarray]:
+        """The indexed intentions of ``post_ids`` with their vectors (rows in the same order), for clustering."""
+        with self._lock.read():
+            found = self._metadata.intentions_of(post_ids)
+            refs = [
+                IntentionRef(post_id, relation, text, vid)
+                for post_id, intentions in found.items()
+                for vid, (relation, text) in intentions.items()
+            ]
+            if not refs:
+                return [], np.zeros((0, self.dim), dtype=np.float32)
+            return refs, self._vectors.reconstruct(np.asarray([ref.vid for ref in refs], dtype=np.int64))
 
     def document(self, post_id: str) -> str | None:
         """The latest event JSON stored for the post."""

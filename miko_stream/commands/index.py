@@ -127,6 +127,7 @@ async def run_serve(
 
     from consumers.indexer import Indexer
     from miko_stream.api import create_app
+    from miko_stream.dashboard import Dashboard, mount_dashboard
 
     class Server(uvicorn.Server):
         """Signals are ours: uvicorn would re-raise SIGTERM after its shutdown, before the last snapshot."""
@@ -137,13 +138,18 @@ async def run_serve(
 
     indexer = Indexer(index, kafka, indexer_config)
     app = create_app(index, indexer=indexer, config=api_config)
-    server = Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    dashboard = Dashboard(index, indexer, kafka)
+    mount_dashboard(app, dashboard, api_config.api_key)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    server = Server(config)
     stop = asyncio.Event()
     indexing = asyncio.create_task(indexer.run(stop))
-    indexing.add_done_callback(lambda _: setattr(server, "should_exit", True))
+    indexing.add_done_callback(lambda _: (stop.set(), setattr(server, "should_exit", True)))
+    watching = asyncio.create_task(dashboard.run(stop))  # ends the event streams on stop, so uvicorn can exit
     with _stop_on_signals(stop, also=server):
         await server.serve()
         stop.set()
+        await watching
         try:
             await indexing
         except Exception as error:
@@ -185,7 +191,7 @@ def serve(
     indexing = IndexerConfig(batch_size=batch_size, snapshot_interval_s=snapshot_interval)
     err_console.print(
         f"serving {settings.index_dir} ({index.stats()['vectors']} vectors) on http://{host}:{port} "
-        f"(docs at /docs{', API key required' if api_key else ''})",
+        f"(dashboard at /, docs at /docs{', API key required' if api_key else ''})",
         highlight=False,
         soft_wrap=True,
     )
