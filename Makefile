@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models test test-fast demo lint schemas clean
+.PHONY: setup models browser test test-fast demo lint schemas clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,14 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(BIN)/miko-stream models pull
 
-test: models
+# The browser test drives Debian's Chromium (Playwright's own browser download does not work offline).
+# CI runs as root on a clean machine: install it when missing; without it the browser test fails and says so.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "could not install Chromium (needs root and the Debian archive): tests/test_dashboard_browser.py will fail"
+
+test: models browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -87,6 +87,7 @@ class StreamStats:
     paused: bool = False
     committed: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
+    dead_letter_stages: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, object]:
         return asdict(self)
@@ -359,6 +360,8 @@ class StreamProcessor:
             letter.error_message += f" [original cut to {room} of {len(raw)} bytes to fit the topic]"
         log.info("dead_letter", post_id=failure.post_id, stage=str(failure.stage), error=letter.error_message[:200],
                  partition=record.partition, offset=record.offset)  # fmt: skip
+        stage = str(failure.stage)
+        self.stats.dead_letter_stages[stage] = self.stats.dead_letter_stages.get(stage, 0) + 1
         key = failure.post_id.encode() if failure.post_id else bounded_key(record.key)
         return Output(OutputKind.DEAD_LETTER, self.config.dlq_topic, key, letter.model_dump_json().encode())
 

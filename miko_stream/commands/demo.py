@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from miko_stream.commands.common import LlmOption, VisionOption, err_console, fail, load_settings
+from miko_stream.logging import configure_logging
 
 
 def demo(
@@ -25,12 +26,17 @@ def demo(
     exit_when_indexed: Annotated[
         bool, typer.Option("--exit-when-indexed", help="Stop once every post is indexed (for scripts and tests).")
     ] = False,
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Keep the services' JSON log lines (default: only warnings, readable).")
+    ] = False,
 ) -> None:
     """Broker + processor + indexer + search API, replaying sample posts; prints the URL. All offline."""
     from graph.models.base import ModelSpecError
     from miko_stream.broker import BrokerError
     from miko_stream.demo import DemoOptions, run_demo, sample_posts
 
+    if not json_logs:  # the demo is for a person: progress lines, and log lines only for trouble
+        configure_logging("WARNING", json=False)
     source = posts or sample_posts()
     if not source.is_file():
         fail(f"posts file not found: {source}")

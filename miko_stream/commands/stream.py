@@ -98,6 +98,13 @@ def run(
     create_topics: Annotated[
         bool, typer.Option("--create-topics/--no-create-topics", help="Create missing topics at start.")
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", envvar="MIKO_METRICS_PORT", min=1, max=65535, help="Serve Prometheus /metrics."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", envvar="MIKO_METRICS_HOST", help="Interface for --metrics-port.")
+    ] = "127.0.0.1",
 ) -> None:
     """The stream processor: posts -> MIKO graph -> intentions topic (dead letters to the DLQ topic).
 
@@ -110,6 +117,7 @@ def run(
     from consumers.io import KafkaClientError
     from consumers.stream import StreamFailed, StreamOptions, StreamProcessor
     from graph.models.base import ModelSpecError
+    from miko_stream.metrics import ObservedPipeline, ProcessorMetrics
     from miko_stream.wiring import build_pipeline
 
     settings = load_settings(
@@ -138,7 +146,14 @@ def run(
         post_timeout_s=settings.post_deadline_s + 30,
         create_topics=create_topics,
     )
-    stream = StreamProcessor(pipeline, settings.kafka(), settings.limits(), options)
+    processor = ObservedPipeline(pipeline) if metrics_port else pipeline
+    stream = StreamProcessor(processor, settings.kafka(), settings.limits(), options)
+    if metrics_port:
+        try:
+            ProcessorMetrics(stream, pipeline.deps.llm).serve_http(metrics_port, metrics_host)
+        except OSError as error:
+            fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {error}")
+        err_console.print(f"metrics on http://{metrics_host}:{metrics_port}/metrics", highlight=False)
     try:
         asyncio.run(_run_until_signal(stream, pipeline))
     except (KafkaClientError, KafkaError) as error:
