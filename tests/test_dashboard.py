@@ -23,7 +23,7 @@ from miko_stream.api import ApiConfig, create_app
 from miko_stream.dashboard import Dashboard, mount_dashboard
 from miko_stream.dashboard.app import events_token
 from miko_stream.dashboard.broadcast import Broadcaster
-from miko_stream.dashboard.feed import DashboardFeed
+from miko_stream.dashboard.feed import DashboardFeed, FeedConfig
 from miko_stream.dashboard.trending import TrendingConfig, trending_clusters
 from miko_stream.dashboard.window import LatencyWindow, RateCounter
 
@@ -132,6 +132,7 @@ def test_feed_turns_indexed_records_into_posts_figures_and_deletes() -> None:
     partial = json.loads(event_bytes("p2", "meh", {"xWant": ("", False)}))
     partial.update(status="partial", parse_failures=1)
     feed.on_indexed([record("p1", json.dumps(ok).encode(), 0), record("p2", json.dumps(partial).encode(), 1)])
+    feed.flush()
     snapshot = feed.snapshot()
     assert [post["post_id"] for post in snapshot["posts"]] == ["p2", "p1"]
     p1 = snapshot["posts"][1]
@@ -148,10 +149,31 @@ def test_feed_turns_indexed_records_into_posts_figures_and_deletes() -> None:
     assert tick["e2e"]["p50"] == 1500.0 and tick["nodes"]["generate"]["p50"] == 120.0
     assert tick["events_out"] == pytest.approx(0.2) and tick["posts_in"] == pytest.approx(0.1)
     feed.on_indexed([record("p1", None, 2)])
+    feed.flush()
     assert [post["post_id"] for post in feed.snapshot()["posts"]] == ["p2"]
-    assert [m.event for m in hub._replay] == ["post", "post", "tick", "delete"]
-    feed.on_dead_letter(json.dumps({"stage": "decode", "post_id": None, "error_class": "JSONDecodeError"}).encode())
-    assert feed.status()["knowledge"]["dead_letter_stages"] == {"decode": 1}
+    messages = [(m.event, json.loads(m.data)) for m in hub._replay]
+    assert [event for event, _ in messages] == ["posts", "tick", "posts"]  # one message per indexer batch
+    assert [p["post_id"] for p in messages[0][1]["posts"]] == ["p1", "p2"] and messages[2][1]["deletes"] == ["p1"]
+    letter = json.dumps({"stage": "decode", "post_id": None, "error_class": "JSONDecodeError"}).encode()
+    feed.on_dead_letters([letter, b"not json"])
+    assert feed.status()["knowledge"]["dead_letter_stages"] == {"decode": 1, "unknown": 1}
+    assert len(json.loads(hub._replay[-1].data)["latest"]) == 2
+
+
+def test_a_flush_sends_the_final_state_of_each_post_and_at_most_the_newest_posts() -> None:
+    hub = Broadcaster()
+    feed = DashboardFeed(hub, lambda: None, FeedConfig(recent_posts=3, posts_per_message=3))
+    records = [record(f"p{n}", event_bytes(f"p{n}", "x", {"xWant": "y"}), n) for n in range(6)]
+    records += [record("p5", None, 6), record("p4", event_bytes("p4", "again", {"xWant": "z"}), 7)]
+    feed.on_indexed(records[:4])
+    feed.on_indexed(records[4:])
+    feed.flush()
+    feed.flush()  # nothing new: no message
+    (message,) = [json.loads(m.data) for m in hub._replay]
+    assert [p["post_id"] for p in message["posts"]] == ["p2", "p3", "p4"] and message["deletes"] == ["p5"]
+    assert message["posts"][-1]["text"] == "again"
+    assert feed.status()["totals"]["events_out"] == 7
+    assert [p["post_id"] for p in feed.snapshot()["posts"]] == ["p4", "p3"]  # p2 made room for p5, then p5 went
 
 
 def test_trending_groups_similar_intentions_across_posts() -> None:

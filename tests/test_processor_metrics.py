@@ -71,3 +71,27 @@ def test_model_passes_are_traced_through_the_engine_observer() -> None:
     assert sample("miko_model_prompt_tokens_total") == before[0] + 120
     assert sample("miko_model_generated_tokens_total") == before[1] + 5
     assert sample("miko_model_batch_rows_count", kind="decode") >= 1 and len(seen) == 2
+
+
+def test_grafana_dashboard_uses_only_metrics_the_services_export() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    import consumers.indexer  # noqa: F401  (registers the indexer's metrics)
+    import miko_stream.api
+    import miko_stream.dashboard.app  # noqa: F401
+
+    registry_names: set[str] = set()
+    collector = ProcessorMetrics(SimpleNamespace(stats=StreamStats()))  # type: ignore[arg-type]
+    try:
+        for family in REGISTRY.collect():
+            registry_names |= {family.name + suffix for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    finally:
+        collector.close()
+    path = Path(__file__).parents[1] / "deploy" / "grafana" / "dashboards" / "miko-stream.json"
+    dashboard = json.loads(path.read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {name for expr in expressions for name in re.findall(r"\bmiko_[a-z_]+", expr)}
+    assert len(expressions) > 20 and used
+    assert used <= registry_names, sorted(used - registry_names)

@@ -51,8 +51,9 @@ class DashboardConfig:
     """Tick: one chart point per second. Queue: messages a client may fall behind before it is dropped."""
 
     tick_s: float = 1.0
+    flush_s: float = 0.25  # new posts reach the page at most this often, in one message
     trending_interval_s: float = 10.0
-    client_queue: int = 256
+    client_queue: int = 64  # ~5 messages a second (posts, tick, trending): 10+ s of falling behind
     replay: int = 2048
     retry_ms: int = 2000
     feed: FeedConfig = field(default_factory=FeedConfig)
@@ -78,7 +79,11 @@ class Dashboard:
         self.watcher = ClusterWatcher(kafka, self.feed) if kafka is not None else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [asyncio.create_task(self._ticks(stop)), asyncio.create_task(self._trending(stop))]
+        tasks = [
+            asyncio.create_task(self._ticks(stop)),
+            asyncio.create_task(self._flushes(stop)),
+            asyncio.create_task(self._trending(stop)),
+        ]
         if self.watcher is not None:
             tasks.append(asyncio.create_task(self.watcher.run(stop)))
         try:
@@ -98,6 +103,12 @@ class Dashboard:
             dropped = self.broadcaster.stats.dropped
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.tick_s)
+
+    async def _flushes(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.feed.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.flush_s)
 
     async def _trending(self, stop: asyncio.Event) -> None:
         shown: list[dict[str, Any]] | None = None
@@ -149,7 +160,7 @@ def mount_dashboard(app: FastAPI, dashboard: Dashboard, api_key: str | None) -> 
 
     @app.get("/events", tags=["dashboard"], response_class=EventSourceResponse)
     async def events(request: Request, token: EventsToken = None) -> EventSourceResponse:
-        """Server-Sent Events: a ``snapshot``, then ``post``, ``delete``, ``tick``, ``trending``, ``dead_letter``.
+        """Server-Sent Events: a ``snapshot``, then ``posts``, ``tick``, ``trending`` and ``dead_letters`` messages.
         Reconnecting with ``Last-Event-ID`` resumes after that message, without repeats."""
         if expected is not None and (token is None or not secrets.compare_digest(token, expected)):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing or wrong token (see /dashboard/token)")

@@ -36,6 +36,7 @@ class FeedConfig:
     """How much the page shows: posts kept, chart history (one point a second), windows for rates/latency."""
 
     recent_posts: int = 40
+    posts_per_message: int = 10  # newest changed posts per flush (4 a second): more than anyone can read
     history_points: int = 300
     rate_window_s: float = 10.0
     latency_window_s: float = 60.0
@@ -88,6 +89,7 @@ class DashboardFeed:
         self.trending: list[dict[str, Any]] = []
         self.recent_verified: deque[tuple[float, str]] = deque()  # (indexed at, post id), for trending
         self._post_times: OrderedDict[tuple[int, int], float] = OrderedDict()  # (partition, offset) -> produced at
+        self._pending: OrderedDict[str, dict[str, Any] | None] = OrderedDict()  # post id -> summary, None: deleted
 
     # inputs ---------------------------------------------------------------------------------------------
 
@@ -99,50 +101,70 @@ class DashboardFeed:
         while len(self._post_times) > self.config.max_post_timestamps:
             self._post_times.popitem(last=False)
 
-    def on_dead_letter(self, value: bytes | None) -> None:
+    def on_dead_letters(self, values: Iterable[bytes | None]) -> None:
+        """A batch of dead letters: counted by stage; the latest few are published in one message."""
         now = self.clock()
-        self.dead_letters.add(now)
-        try:
-            letter = json.loads(value or b"{}")
-        except ValueError:
-            letter = {}
-        stage = str(letter.get("stage", "unknown"))
-        self.dead_letter_stages[stage] = self.dead_letter_stages.get(stage, 0) + 1
-        self.broadcaster.publish(
-            "dead_letter",
-            {
-                "post_id": letter.get("post_id"),
-                "stage": stage,
-                "error_class": letter.get("error_class"),
-                "error_message": str(letter.get("error_message", ""))[:200],
-                "at": now,
-            },
-        )
+        latest: deque[dict[str, Any]] = deque(maxlen=5)
+        for value in values:
+            self.dead_letters.add(now)
+            try:
+                letter = json.loads(value or b"{}")
+            except ValueError:
+                letter = {}
+            stage = str(letter.get("stage", "unknown"))
+            self.dead_letter_stages[stage] = self.dead_letter_stages.get(stage, 0) + 1
+            latest.append(
+                {
+                    "post_id": letter.get("post_id"),
+                    "stage": stage,
+                    "error_class": letter.get("error_class"),
+                    "error_message": str(letter.get("error_message", ""))[:200],
+                    "at": now,
+                }
+            )
+        if latest:
+            self.broadcaster.publish("dead_letters", {"latest": list(latest)})
 
     def on_indexed(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
-        """Indexer hook: a batch of intention records was applied to the index."""
+        """Indexer hook: a batch of intention records was applied to the index.
+
+        Every event counts in the figures at once. The page learns of the posts from :meth:`flush`, which the
+        dashboard calls a few times a second: one ``posts`` message with the final state of the posts changed
+        since the last flush (the newest ``posts_per_message`` of them: nobody reads more) and the deletions.
+        Bounding the messages per second, rather than sending one per post, is what keeps many viewers cheap for
+        the indexer, whatever its rate (bench/viewers.py)."""
         now = self.clock()
+        pending = self._pending
         for record in records:
             key = record.key.decode("utf-8", "replace") if record.key is not None else None
             if record.value is None:
                 if key is not None:
-                    self._delete(key)
+                    self.deletes += 1
+                    self.posts.pop(key, None)
+                    pending.pop(key, None)
+                    pending[key] = None
                 continue
             try:
                 event = json.loads(record.value)
             except ValueError:
                 continue  # the indexer counted it as invalid
             if isinstance(event, dict) and "post_id" in event:
-                self._add_event(event, now)
+                summary = self._add_event(event, now)
+                pending.pop(summary["post_id"], None)
+                pending[summary["post_id"]] = summary
+
+    def flush(self) -> None:
+        """Publish the posts changed since the last flush (see :meth:`on_indexed`)."""
+        if not self._pending:
+            return
+        changed, self._pending = self._pending, OrderedDict()
+        posts = [summary for summary in changed.values() if summary is not None]
+        deletes = [post_id for post_id, summary in changed.items() if summary is None]
+        self.broadcaster.publish("posts", {"posts": posts[-self.config.posts_per_message :], "deletes": deletes})
 
     # state changes --------------------------------------------------------------------------------------
 
-    def _delete(self, post_id: str) -> None:
-        self.deletes += 1
-        self.posts.pop(post_id, None)
-        self.broadcaster.publish("delete", {"post_id": post_id})
-
-    def _add_event(self, event: dict[str, Any], now: float) -> None:
+    def _add_event(self, event: dict[str, Any], now: float) -> dict[str, Any]:
         self.events_out.add(now)
         intentions = [item for item in event.get("intentions", []) if isinstance(item, dict)]
         for item in intentions:
@@ -163,7 +185,7 @@ class DashboardFeed:
         self.posts[post_id] = summary
         while len(self.posts) > self.config.recent_posts:
             self.posts.popitem(last=False)
-        self.broadcaster.publish("post", summary)
+        return summary
 
     def _e2e_ms(self, source: object, now: float) -> float | None:
         if not isinstance(source, dict):
@@ -210,6 +232,7 @@ class DashboardFeed:
 
     def tick(self) -> dict[str, Any]:
         """One chart point (published as a ``tick`` message), plus the current knowledge, lag and health."""
+        self.flush()  # posts first: the counters in the tick then never run ahead of the page
         now = self.clock()
         point: dict[str, Any] = {
             "t": round(now, 3),

@@ -62,11 +62,11 @@ class ClusterWatcher:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             for tp, records in batch.items():
-                for record in records:
-                    if tp.topic == kafka.posts_topic:
+                if tp.topic == kafka.posts_topic:
+                    for record in records:
                         self.feed.on_post_record(tp.partition, record.offset, record.timestamp)
-                    else:
-                        self.feed.on_dead_letter(record.value)
+                else:
+                    self.feed.on_dead_letters(record.value for record in records)
             if time.monotonic() >= next_lag:
                 await self._poll_lag(consumer)
                 next_lag = time.monotonic() + self.lag_interval_s

@@ -219,9 +219,12 @@
       renderStatus(snap); renderTrending(snap.trending); redrawCharts();
       if (state.points.length) renderPoint(state.points[state.points.length - 1]);
     });
-    source.addEventListener("post", (event) => addPost(JSON.parse(event.data)));
-    source.addEventListener("delete", (event) => removePost(JSON.parse(event.data).post_id));
-    source.addEventListener("dead_letter", (event) => addDeadLetter(JSON.parse(event.data)));
+    source.addEventListener("posts", (event) => {
+      const batch = JSON.parse(event.data);
+      for (const postId of batch.deletes) removePost(postId);
+      for (const post of batch.posts) addPost(post);
+    });
+    source.addEventListener("dead_letters", (event) => JSON.parse(event.data).latest.forEach(addDeadLetter));
     source.addEventListener("trending", (event) => renderTrending(JSON.parse(event.data)));
     source.addEventListener("tick", (event) => {
       const tick = JSON.parse(event.data);
