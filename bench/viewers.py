@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -91,9 +93,12 @@ class Viewer:
     gaps: int = 0
     repeats: int = 0
     snapshots: int = 0
+    dropped_seen: bool = False
     errors: list[str] = field(default_factory=list)
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event, stall_s: float = 0.0) -> None:
+        if stall_s:
+            await self._stall(stall_s, stop)
         while not stop.is_set():
             headers = {"Last-Event-ID": str(self.last_id)} if self.last_id is not None else {}
             self.connects += 1
@@ -105,19 +110,51 @@ class Viewer:
             if not stop.is_set():
                 await asyncio.sleep(0.1)  # the browser waits `retry` ms; short here to stress resumption
 
+    async def _stall(self, stall_s: float, stop: asyncio.Event) -> None:
+        """Connect, read nothing for ``stall_s`` (a frozen tab, a phone in a tunnel), then read what arrived.
+        A small receive buffer makes the server feel it soon; if it dropped us, ``run`` reconnects as a browser
+        does, with the last id seen."""
+        host, port = self.url.split("//")[1].split("/")[0].split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self.connects += 1
+        writer.write(f"GET /events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), stall_s)
+        kind = None
+        try:
+            while True:
+                line = (await asyncio.wait_for(reader.readline(), 2.0)).decode(errors="replace").rstrip("\r\n")
+                if not line and reader.at_eof():
+                    self.dropped_seen = True
+                    return
+                kind, _ = self._line(line, kind)
+        except (TimeoutError, ConnectionError):
+            return  # still connected (not dropped): carry on with a normal client
+        finally:
+            writer.close()
+
+    def _line(self, line: str, kind: str | None) -> tuple[str | None, bool]:
+        """One SSE line (chunk-size lines of the raw HTTP reader are ignored); True when it carried an id."""
+        if line.startswith("event:"):
+            return line[6:].strip(), False
+        if line.startswith("id:"):
+            self._saw(int(line[3:].strip()), kind == "snapshot")
+            return kind, True
+        return (None if not line else kind), False
+
     async def _read(self, response: httpx.Response, stop: asyncio.Event) -> None:
         kind = None
         async for line in response.aiter_lines():
             if stop.is_set():
                 return
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("id:"):
-                self._saw(int(line[3:].strip()), kind == "snapshot")
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-            elif not line:
-                kind = None
+            kind, had_id = self._line(line, kind)
+            if had_id and self.delay_s:
+                await asyncio.sleep(self.delay_s)
 
     def _saw(self, message_id: int, snapshot: bool) -> None:
         self.messages += 1
@@ -200,7 +237,10 @@ async def run_phase(broker: EmbeddedBroker, args: argparse.Namespace, viewers: i
                 Viewer(f"{base}/events", delay_s=args.slow_delay if n < args.slow else 0.0) for n in range(viewers)
             ]
             async with httpx.AsyncClient(limits=limits) as http:
-                tasks = [asyncio.create_task(viewer.run(http, stop)) for viewer in clients]
+                tasks = [
+                    asyncio.create_task(viewer.run(http, stop, args.stall_s if n < args.slow else 0.0))
+                    for n, viewer in enumerate(clients)
+                ]
                 await wait_for(f"{base}/dashboard/state", lambda body: body["viewers"] >= viewers)
                 events = [event(n) for n in range(args.events)]
                 producing = asyncio.create_task(produce(broker.bootstrap, topic, events))
@@ -269,6 +309,7 @@ if __name__ == "__main__":
     parser.add_argument("--viewers", type=int, default=50)
     parser.add_argument("--slow", type=int, default=5, help="How many of the viewers are too slow.")
     parser.add_argument("--slow-delay", type=float, default=0.05, help="Seconds a slow viewer takes per message.")
+    parser.add_argument("--stall-s", type=float, default=20.0, help="Slow viewers first read nothing this long.")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--embedding-model", default="hash:384")
     asyncio.run(main(parser.parse_args()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,7 @@ def demo(
 
     if not json_logs:  # the demo is for a person: progress lines, and log lines only for trouble
         configure_logging("WARNING", json=False)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars (read at import)
     source = posts or sample_posts()
     if not source.is_file():
         fail(f"posts file not found: {source}")

@@ -55,6 +55,7 @@ class ServiceState:
     processor_lag: dict[str, int] = field(default_factory=dict)
     processor_committed: dict[str, int] = field(default_factory=dict)
     processor_progress_at: float | None = None
+    processor_note: str | None = None
     error: str | None = None
 
 
@@ -287,7 +288,8 @@ class DashboardFeed:
             }
         services = self.services
         members = services.processor_members
-        processor_detail = f"{members} member(s)" if members is not None else None
+        notes = [f"{members} member(s)" if members is not None else None, services.processor_note]
+        processor_detail = ", ".join(note for note in notes if note) or None
         return {
             "api": {"status": "ok"},
             "indexer": indexer,

@@ -106,11 +106,12 @@ class ClusterWatcher:
         if positions != services.processor_committed or services.processor_progress_at is None:
             services.processor_progress_at = now
         services.processor_lag, services.processor_committed, services.processor_members = lag, positions, members
-        behind = sum(lag.values())
+        behind, quiet_s = sum(lag.values()), now - services.processor_progress_at
+        services.processor_note = f"lag {behind}, no commit for {quiet_s:.0f} s" if behind and quiet_s > 5 else None
         if members == 0:
             services.processor = "down" if behind else "idle"
-        elif behind and now - services.processor_progress_at > STALL_AFTER_S:
-            services.processor = "stalled"
+        elif behind and quiet_s > STALL_AFTER_S:
+            services.processor = "stalled"  # or a slow model still on its first posts: shown as a warning
         else:
             services.processor = "ok"
 

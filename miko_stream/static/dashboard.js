@@ -156,8 +156,9 @@
     const stages = Object.entries(k.dead_letter_stages);
     $("dlq-stages").textContent = stages.length ? stages.map(([s, n]) => `${s}: ${n}`).join(", ") : "none";
     $("health").replaceChildren(...Object.entries(status.health).map(([name, h]) => {
-      const cls = h.status === "ok" ? "ok" : ["failing", "down", "unreachable", "stalled"].includes(h.status) ? "bad" : "warn";
-      return el("span", { class: `pill ${cls}`, title: h.detail || "", "data-service": name }, `${name}: ${h.status}`);
+      const cls = h.status === "ok" ? "ok" : ["failing", "down", "unreachable"].includes(h.status) ? "bad" : "warn";
+      return el("span", { class: `pill ${cls}`, title: h.detail || "", "data-service": name }, `${name}: ${h.status}`,
+        h.detail && h.status !== "ok" ? el("span", { class: "detail" }, ` (${h.detail})`) : null);
     }));
   }
   function renderPoint(point) {
