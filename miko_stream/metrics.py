@@ -27,9 +27,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consumers.stream import PostProcessor, StreamProcessor
+from consumers.stream import StreamProcessor
 from graph.contracts import IntentionEvent, Post, SourceRef
 from graph.models.local.engine import CallTrace
+from graph.outcome import PostProcessor
 
 disable_created_metrics()  # no *_created series: half the lines, and dashboards never read them
 

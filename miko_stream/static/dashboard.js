@@ -53,10 +53,17 @@
     throughput: { el: "chart-throughput", series: [["posts in/s", "#2b6cb0"], ["events out/s", "#1a7f37"], ["dead letters/s", "#c53030"]],
                   values: (p) => [p.posts_in, p.events_out, p.dead_letters] },
     e2e: { el: "chart-e2e", series: [["p50", "#2b6cb0"], ["p95", "#b7791f"], ["p99", "#c53030"]],
-           values: (p) => [p.e2e.p50, p.e2e.p95, p.e2e.p99] },
+           values: (p) => [seconds(p.e2e.p50), seconds(p.e2e.p95), seconds(p.e2e.p99)] },
     nodes: { el: "chart-nodes", series: nodeNames.map((n, i) => [n, ["#805ad5", "#2b6cb0", "#1a7f37", "#b7791f"][i]]),
-             values: (p) => nodeNames.map((n) => (p.nodes[n] || {}).p50 ?? null) },
+             values: (p) => nodeNames.map((n) => seconds((p.nodes[n] || {}).p50)) },
   };
+  function seconds(ms) { return ms == null ? null : ms / 1000; }
+  function compact(value) {
+    const abs = Math.abs(value);
+    if (abs >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
+    if (abs >= 1e3) return `${+(value / 1e3).toFixed(1)}k`;
+    return `${+value.toFixed(abs < 1 ? 2 : 1)}`;
+  }
   function chartData(spec) {
     const columns = [state.points.map((p) => p.t)];
     spec.series.forEach((_, i) => columns.push(state.points.map((p) => spec.values(p)[i])));
@@ -68,7 +75,7 @@
     const opts = {
       width: Math.max(box.clientWidth, 200), height: 170,
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max || 0) * 1.1] } },
-      axes: [{ size: 30 }, { size: 46 }],
+      axes: [{ size: 30 }, { size: 44, values: (u, ticks) => ticks.map(compact) }],
       legend: { show: true, live: false },
       series: [{}, ...spec.series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false, value: (u, v) => fmt(v, 2) }))],
     };
