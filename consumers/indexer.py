@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from consumers.io import Backoff, start_client
 from consumers.kafka_config import KafkaConfig
+from consumers.positions import OffsetReset, beyond_end, known_ends
 from consumers.topics import ensure_topics
 from graph.contracts import IntentionEvent
 from index.records import IntentionDoc, PostDoc
@@ -55,6 +56,7 @@ class IndexerConfig:
     stop_at_end: bool = False  # index rebuild: stop once the end offsets seen at start are reached
     create_topic: bool = True
     wait_for_kafka: bool = True  # a service waits for the cluster and the topic; a CLI run fails fast
+    position_check_interval_s: float = 5.0  # how often positions are compared with the partitions' ends
 
 
 def to_post_doc(event: IntentionEvent, raw: str) -> PostDoc:
@@ -131,6 +133,8 @@ class Indexer:
         self._last_snapshot = time.monotonic()
         # Called with each batch once it is applied (the dashboard's feed); must be quick and never raise.
         self.listeners: list[Callable[[list[ConsumerRecord[bytes, bytes]]], None]] = []
+        self._last_position_check = time.monotonic()
+        self.offset_resets: list[OffsetReset] = []
 
     # stats ------------------------------------------------------------------------------------------------
 
@@ -163,6 +167,8 @@ class Indexer:
             "lag": sum(lags) if lags else None,
             "last_batch_at": self.last_batch_at,
             "partitions": partitions,
+            "offset_resets": [reset.as_dict() for reset in self.offset_resets[-20:]],
+            "offset_resets_total": len(self.offset_resets),
         }
 
     def _assigned(self) -> list[int]:
@@ -268,6 +274,7 @@ class Indexer:
                 await self._snapshot()
                 await self._commit(consumer)
             self._check_partitions(consumer)
+            self._check_positions(consumer)
             if end is not None and all(self.offsets.get(p, 0) >= offset for p, offset in end.items()):
                 log.info("indexer_reached_end", records=self.records)
                 self.reached_end = True
@@ -323,6 +330,19 @@ class Indexer:
                 error=str(error),
                 detail="monitoring only; the snapshot has the offsets",
             )
+
+    def _check_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """Every ``position_check_interval_s``: a position past its partition's end means the topic lost its
+        records (recreated, or a broker restarted without its log); read that partition again from 0."""
+        if time.monotonic() - self._last_position_check < self.config.position_check_interval_s:
+            return
+        self._last_position_check = time.monotonic()
+        positions = {TopicPartition(self.topic, p): self.offsets.get(p, 0) for p in self._assigned()}
+        for reset in beyond_end("indexer", positions, known_ends(consumer, list(positions))):
+            self.offset_resets.append(reset)
+            self.offsets[reset.partition] = 0
+            consumer.seek(TopicPartition(self.topic, reset.partition), 0)
+            self.caught_up = False
 
     def _check_partitions(self, consumer: AIOKafkaConsumer) -> None:
         """Pick up partitions added to the topic since start (aiokafka refreshes the metadata of assigned

@@ -13,7 +13,8 @@ class KafkaConfig(BaseModel):
 
     bootstrap: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    # OAUTHBEARER is not offered: it needs a token provider, which this service does not have.
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
@@ -28,6 +29,9 @@ class KafkaConfig(BaseModel):
     topic_partitions: int = 3
     replication_factor: int = 1
     idempotence: Literal["auto", "on", "off"] = "auto"  # auto: on where the broker supports it (not Tansu)
+    # How often clients refresh cluster metadata: partitions added to a topic are picked up this soon
+    # (a group rebalances onto them, the indexer assigns them). Kafka's default is 5 minutes.
+    metadata_max_age_ms: int = 30_000
 
     def client_kwargs(self) -> dict[str, Any]:
         """Arguments shared by every aiokafka client (producer, consumer, admin)."""
@@ -35,6 +39,7 @@ class KafkaConfig(BaseModel):
             "bootstrap_servers": self.bootstrap,
             "security_protocol": self.security_protocol,
             "client_id": self.client_id,
+            "metadata_max_age_ms": self.metadata_max_age_ms,
         }
         if self.security_protocol in ("SSL", "SASL_SSL"):
             context = ssl.create_default_context(cafile=self.ssl_cafile)

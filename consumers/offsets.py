@@ -95,6 +95,10 @@ class OffsetTracker:
             return state.in_flight if state else 0
         return sum(state.in_flight for state in self._partitions.values())
 
+    def received_up_to(self) -> dict[TopicPartition, int]:
+        """The offset after the last record received on each partition (how far this consumer has read)."""
+        return {tp: state.last_received + 1 for tp, state in self._partitions.items() if state.last_received >= 0}
+
     def committed(self) -> dict[TopicPartition, int]:
         return {tp: state.committed for tp, state in self._partitions.items() if state.committed is not None}
 

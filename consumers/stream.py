@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.io import Backoff, start_client, start_producer
 from consumers.kafka_config import KafkaConfig
 from consumers.offsets import OffsetTracker
+from consumers.positions import OffsetReset, beyond_end, known_ends
 from consumers.topics import ensure_topics
 from graph.contracts import DeadLetterStage, SourceRef
 from graph.intake import MAX_ID_CHARS, InputLimits
@@ -65,6 +66,7 @@ class StreamOptions:
     max_request_bytes: int = 1024 * 1024  # the producer's limit; dead letters are cut to fit under it
     linger_ms: int = 5
     batch_bytes: int = 256 * 1024  # per-partition producer batch: events are ~1-2 kB, so room for ~150
+    position_check_interval_s: float = 5.0  # how often positions are compared with the partitions' ends
 
     def resume_below(self) -> int:
         return self.low_water if self.low_water is not None else self.max_in_flight // 2
@@ -85,6 +87,7 @@ class StreamStats:
     rebalances: int = 0
     in_flight: int = 0
     paused: bool = False
+    offset_resets: int = 0  # positions found beyond a partition's end (records lost upstream), re-read from 0
     committed: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     dead_letter_stages: dict[str, int] = field(default_factory=dict)
@@ -145,6 +148,9 @@ class StreamProcessor:
         self._paused = False
         self._last_commit = time.monotonic()
         self._last_stats = time.monotonic()
+        self._last_position_check = time.monotonic()
+        self.offset_resets: list[OffsetReset] = []
+        self._read_up_to: dict[TopicPartition, int] = {}  # per partition, kept across rebalances
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -231,6 +237,7 @@ class StreamProcessor:
             self.stats.redeliveries_skipped += 1
             return
         self.stats.received += 1
+        self._read_up_to[tp] = max(self._read_up_to.get(tp, 0), record.offset + 1)
         key = (tp, record.key) if record.key is not None else None
         earlier = self._latest_by_key.get(key) if key is not None else None
         task = asyncio.create_task(self._handle(tp, record, earlier))
@@ -294,6 +301,33 @@ class StreamProcessor:
         if now - self._last_stats >= self.options.stats_interval_s:
             self._last_stats = now
             self._log_stats()
+        if now - self._last_position_check >= self.options.position_check_interval_s:
+            self._last_position_check = now
+            await self._check_positions()
+
+    async def _check_positions(self) -> None:
+        """A partition that ends before what this processor has read from it lost its records (topic
+        recreated, or a broker back without its log). Say so once; if this processor is still waiting past
+        the new end (or would skip the new records as "redeliveries"), forget the partition's in-flight posts
+        and read it again from the start. When a rebalance already restarted the partition (the group's
+        offsets were lost too), only the report is left to do."""
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        received = self._tracker.received_up_to()
+        positions = {tp: max(self._read_up_to.get(tp, 0), received.get(tp, 0)) for tp in assigned}
+        resets = beyond_end("processor", positions, known_ends(consumer, list(positions)))
+        for reset in resets:
+            tp = TopicPartition(reset.topic, reset.partition)
+            self._read_up_to[tp] = received.get(tp, 0)
+            if received.get(tp, 0) > reset.end:
+                await self._cancel(list(self._tasks.pop(tp, ())))
+                self._tracker.revoke([tp])
+                self._read_up_to[tp] = 0
+                self.stats.committed.pop(_name(tp), None)
+                consumer.seek(tp, 0)
+        self.offset_resets.extend(resets)
+        self.stats.offset_resets += len(resets)
 
     async def _drain(self) -> None:
         """Finish in-flight posts (bounded), polling with everything paused and committing as they end."""

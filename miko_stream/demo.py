@@ -63,7 +63,7 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Callable[[str]
     say(f"dashboard: {url}/   (search API docs: {url}/docs, Ctrl-C stops everything)")
     with EmbeddedBroker(host="127.0.0.1") as broker:
         # Tansu has no idempotent producers: say so up front instead of probing (which logs an error).
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "kafka_idempotence": "off"})
+        settings = settings.with_kafka(bootstrap=broker.bootstrap, idempotence="off")
         kafka = settings.kafka()
         say(f"broker: Tansu on {broker.bootstrap} (in memory)")
         await ensure_topics(kafka, [kafka.posts_topic, kafka.intentions_topic, kafka.dlq_topic])

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from consumers.kafka_config import KafkaConfig
 from graph.intake import InputLimits
@@ -14,6 +20,28 @@ from graph.intake import InputLimits
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "miko-stream"
+
+
+class KafkaSettings(KafkaConfig, BaseSettings):
+    """:class:`KafkaConfig` read from the environment: each field from ``MIKO_KAFKA_<FIELD>`` (e.g.
+    ``MIKO_KAFKA_BOOTSTRAP``, ``MIKO_KAFKA_SASL_PASSWORD``) or ``MIKO_<FIELD>`` (the names the topics and
+    groups have always had: ``MIKO_POSTS_TOPIC``, ``MIKO_GROUP_ID``, ``MIKO_INDEXER_GROUP_ID``). The fields
+    are defined once, in KafkaConfig."""
+
+    model_config = SettingsConfigDict(env_prefix="MIKO_KAFKA_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        short_env = EnvSettingsSource(settings_cls, env_prefix="MIKO_")
+        short_dotenv = DotEnvSettingsSource(settings_cls, env_prefix="MIKO_", env_file=".env")
+        return init_settings, env_settings, short_env, dotenv_settings, short_dotenv, file_secret_settings
 
 
 class Settings(BaseSettings):
@@ -59,23 +87,9 @@ class Settings(BaseSettings):
     image_fetch_private: bool = Field(False, description="Allow image URLs on private/loopback addresses.")
     image_dir: Path | None = Field(None, description="Folder that `path` images must be inside (none: paths refused).")
 
-    # kafka
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
-    posts_topic: str = "miko.posts"
-    intentions_topic: str = "miko.intentions"
-    dlq_topic: str = "miko.posts.dlq"
-    group_id: str = "miko-stream"
+    # kafka: the connection and topics are KafkaSettings (below); these are the processor's group timing
+    kafka_settings: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
     max_in_flight: int = Field(64, description="Posts processed concurrently by one processor.")
-    kafka_idempotence: Literal["auto", "on", "off"] = "auto"
-    kafka_topic_partitions: int = Field(3, description="Partitions of topics the service creates.")
-    kafka_replication_factor: int = 1
     commit_interval_s: float = Field(1.0, description="How often completed input offsets are committed.")
     drain_timeout_s: float = Field(30.0, description="On SIGTERM, how long in-flight posts may still run.")
     max_poll_interval_ms: int = 300_000
@@ -87,23 +101,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
 
     def kafka(self) -> KafkaConfig:
-        return KafkaConfig(
-            bootstrap=self.kafka_bootstrap,
-            security_protocol=self.kafka_security_protocol,
-            sasl_mechanism=self.kafka_sasl_mechanism,
-            sasl_username=self.kafka_sasl_username,
-            sasl_password=self.kafka_sasl_password,
-            ssl_cafile=self.kafka_ssl_cafile,
-            ssl_certfile=self.kafka_ssl_certfile,
-            ssl_keyfile=self.kafka_ssl_keyfile,
-            posts_topic=self.posts_topic,
-            intentions_topic=self.intentions_topic,
-            dlq_topic=self.dlq_topic,
-            group_id=self.group_id,
-            idempotence=self.kafka_idempotence,
-            topic_partitions=self.kafka_topic_partitions,
-            replication_factor=self.kafka_replication_factor,
-        )
+        return self.kafka_settings
+
+    def with_kafka(self, **changes: Any) -> Settings:
+        """A copy with some Kafka fields changed (e.g. the demo's broker address)."""
+        return self.model_copy(update={"kafka_settings": self.kafka_settings.model_copy(update=changes)})
 
     def limits(self) -> InputLimits:
         return InputLimits(max_record_bytes=self.max_record_bytes, max_text_chars=self.max_text_chars)

@@ -8,7 +8,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from miko_stream.settings import Settings
+from miko_stream.settings import KafkaSettings, Settings
 
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -32,10 +32,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the CLI flags that were given taking precedence."""
+    """Settings from the environment, with the CLI flags that were given taking precedence. Kafka flags go
+    by their KafkaConfig names (``bootstrap``, ``posts_topic``, ``group_id`` ...; ``kafka_bootstrap`` too)."""
     given = {key: value for key, value in overrides.items() if value is not None}
+    kafka_fields = KafkaSettings.model_fields
+    kafka = {
+        key.removeprefix("kafka_"): given.pop(key) for key in list(given) if key.removeprefix("kafka_") in kafka_fields
+    }
     try:
-        return Settings(**given)
+        return Settings(**given, kafka_settings=KafkaSettings(**kafka))
     except ValidationError as error:
         first = error.errors()[0]
         fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")

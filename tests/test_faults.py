@@ -1,0 +1,199 @@
+"""Fault injection against the real embedded broker: outages with and without the broker's data, orphans.
+
+Each test ends with an audit line (inputs = events + dead letters, nothing lost, duplicates counted), printed
+for the record (``pytest -s``). The outage length is ``MIKO_TEST_OUTAGE_S`` (default 8 s; the issue's 20 s is
+``MIKO_TEST_OUTAGE_S=20``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka_helpers import (
+    Outputs,
+    collect,
+    create_topics,
+    outputs_of,
+    post_line,
+    produce,
+    unique_config,
+    wait_until,
+)
+from prometheus_client import REGISTRY
+from test_stream import ScriptedProcessor, running, stream_for
+
+from consumers.indexer import Indexer, IndexerConfig
+from consumers.kafka_config import KafkaConfig
+from consumers.topics import ensure_topics
+from index.embeddings import HashingEmbedder
+from index.service import IndexSettings, IntentionIndex
+from miko_stream.api import create_app
+from miko_stream.broker import EmbeddedBroker, free_port, wait_for_port
+
+OUTAGE_S = float(os.environ.get("MIKO_TEST_OUTAGE_S", "8"))
+
+
+def audit(name: str, inputs: set[str], outputs: Outputs) -> str:
+    """The one line each fault test ends with; asserts nothing was lost."""
+    dead_ids = {letter.post_id for letter in outputs.dead_letters if letter.post_id}
+    covered = set(outputs.events) | dead_ids
+    duplicates = sum(n - 1 for n in outputs.events.values()) + len(outputs.dead_letters) - len(dead_ids)
+    line = (
+        f"AUDIT {name}: inputs={len(inputs)} events={sum(outputs.events.values())} "
+        f"(distinct {len(outputs.events)}) dead_letters={len(outputs.dead_letters)} "
+        f"lost={len(inputs - covered)} duplicates={duplicates}"
+    )
+    print(line)
+    assert inputs <= covered, f"{line}: lost {sorted(inputs - covered)[:10]}"
+    return line
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie is dead, just not reaped by its (init) parent yet
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+async def test_broker_cli_killed_with_sigkill_leaves_no_orphan(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "miko_stream", "broker", "--port", str(port)]
+    with (tmp_path / "broker.log").open("ab") as log:
+        cli = subprocess.Popen(command, stdout=log, stderr=log)
+    tansu = None
+    try:
+        assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 30.0), "the broker did not start"
+        (tansu,) = _children(cli.pid)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(timeout=10)
+        await wait_until(lambda: not _alive(tansu), timeout_s=10, what="Tansu to die with its parent")
+        await asyncio.to_thread(_wait_port_free, port)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if tansu is not None and _alive(tansu):  # the test failed: do not leave the orphan behind
+            os.kill(tansu, signal.SIGKILL)
+    print(f"AUDIT broker-cli-sigkill: cli pid {cli.pid} killed, Tansu pid {tansu} gone, port {port} free")
+
+
+def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while wait_for_port("127.0.0.1", port, 0.2):
+        assert time.monotonic() < deadline, f"port {port} still held"
+
+
+# ------------------------------------------------------------------------------------------- outages
+
+
+def _posts(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
+    return [(f"{prefix}{i}".encode(), post_line(f"{prefix}{i}")) for i in range(count)]
+
+
+async def _outputs_for(config: KafkaConfig, ids: set[str], timeout_s: float) -> Outputs:
+    def complete(records: list) -> bool:  # type: ignore[type-arg]
+        outputs = Outputs.read(records, config)
+        return ids <= set(outputs.events) | {d.post_id for d in outputs.dead_letters}
+
+    records = await collect(config.bootstrap, outputs_of(config), complete, timeout_s=timeout_s)
+    return Outputs.read(records, config)
+
+
+def _indexed(index: IntentionIndex, ids: set[str]) -> bool:
+    return all(index.document(post_id) is not None for post_id in ids)
+
+
+async def test_broker_frozen_mid_stream_with_data_kept(fresh_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """SIGSTOP the broker (connections hang, nothing is lost on its side) for the outage, then SIGCONT."""
+    config = unique_config(fresh_broker.bootstrap)
+    await create_topics(config)
+    first, second = _posts("a", 40), _posts("b", 40)
+    await produce(config.bootstrap, config.posts_topic, first)
+    processor = ScriptedProcessor(delay_s=0.02)
+    stream = stream_for(config, processor, max_in_flight=8)
+    index = IntentionIndex.open(IndexSettings(tmp_path / "index"), HashingEmbedder(64), writer=True)
+    indexer = Indexer(index, config, IndexerConfig(snapshot_interval_s=1.0, poll_timeout_ms=100))
+    stop_indexer = asyncio.Event()
+    indexing = asyncio.create_task(indexer.run(stop_indexer))
+    try:
+        async with running(stream):
+            await wait_until(lambda: processor.calls.total() >= 10, timeout_s=60, what="processing to start")
+            process = fresh_broker._process
+            assert process is not None
+            process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(OUTAGE_S)  # the fault itself lasts this long; nothing is asserted after it
+            finally:
+                process.send_signal(signal.SIGCONT)
+            await produce(config.bootstrap, config.posts_topic, second)
+            inputs = {key.decode() for key, _ in first + second}
+            outputs = await _outputs_for(config, inputs, timeout_s=120)
+            await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the index to catch up")
+    finally:
+        stop_indexer.set()
+        await asyncio.wait_for(indexing, 60)
+        index.close()
+    audit(f"broker-frozen-{OUTAGE_S:g}s-data-kept", inputs, outputs)
+    assert stream.offset_resets == [] and indexer.offset_resets == [], "no data was lost: nothing to reset"
+
+
+async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The in-memory broker restarts empty; topics come back (the posts topic with one partition more). `run`
+    and `serve` must notice their positions are past the new ends, say so, re-position, and go on."""
+    config = unique_config(fresh_broker.bootstrap, metadata_max_age_ms=2_000)
+    await create_topics(config)
+    before, after = _posts("old", 60), _posts("new", 24)
+    await produce(config.bootstrap, config.posts_topic, before)
+    processor = ScriptedProcessor()
+    stream = stream_for(config, processor, position_check_interval_s=1.0)
+    index = IntentionIndex.open(IndexSettings(tmp_path / "index"), HashingEmbedder(64), writer=True)
+    indexer = Indexer(index, config, IndexerConfig(snapshot_interval_s=1.0, position_check_interval_s=1.0))
+    stop_indexer = asyncio.Event()
+    indexing = asyncio.create_task(indexer.run(stop_indexer))
+    try:
+        async with running(stream):
+            old_ids = {key.decode() for key, _ in before}
+            await _outputs_for(config, old_ids, timeout_s=60)
+            await wait_until(lambda: _indexed(index, old_ids), timeout_s=60, what="the first posts indexed")
+            fresh_broker.stop()
+            await asyncio.sleep(OUTAGE_S)  # the outage itself; nothing is asserted after it
+            fresh_broker.start()  # same port, empty
+            await ensure_topics(config.model_copy(update={"topic_partitions": 4}), [config.posts_topic])
+            await ensure_topics(config, [config.intentions_topic, config.dlq_topic])
+            partitions = await produce(config.bootstrap, config.posts_topic, after)
+            assert 3 in partitions, "some new posts are on the added partition"
+            inputs = {key.decode() for key, _ in after}
+            outputs = await _outputs_for(config, inputs, timeout_s=180)
+            await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the new posts indexed")
+            client = TestClient(create_app(index, indexer=indexer))
+            stats = client.get("/stats").json()["indexer"]
+            health = client.get("/healthz").json()
+            metrics = client.get("/metrics").text
+    finally:
+        stop_indexer.set()
+        await asyncio.wait_for(indexing, 60)
+        index.close()
+    audit("broker-restarted-data-lost (posts after the loss)", inputs, outputs)
+    assert stream.stats.offset_resets >= 1 and stream.offset_resets[0].position > stream.offset_resets[0].end
+    assert stats["offset_resets_total"] >= 1 and stats["offset_resets"][0]["topic"] == config.intentions_topic
+    assert health["status"] == "ok" and "data loss" in (health.get("detail") or ""), health
+    resets = REGISTRY.get_sample_value(
+        "miko_kafka_offset_resets_total", {"service": "indexer", "topic": config.intentions_topic}
+    )
+    assert resets is not None and resets >= 1 and "miko_kafka_offset_resets_total" in metrics
+    assert Counter(tp.partition for tp in stream.assignment()) == Counter(range(4)), "the new partition is read"
