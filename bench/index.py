@@ -1,4 +1,4 @@
-"""Benchmark of the intention index's FAISS layer: add rate, search latency, ANN recall (DESIGN §8).
+"""Benchmark of the intention index's FAISS layer: add rate, search latency, ANN recall (README, "Flat or HNSW").
 
 For each size (default 100k and 1M synthetic 384-d unit vectors) and each index kind (flat = exact, hnsw =
 approximate, swept over efSearch), it measures the add rate, the latency of single-query top-10 searches

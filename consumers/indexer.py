@@ -1,9 +1,10 @@
 """The indexer: keeps the intention index an exactly-once materialized view of the intentions topic.
 
-Exactly-once (DESIGN §8) comes from keeping the consumed offsets *inside* the index: every batch is applied to
-the in-memory index together with the offsets after it, and a snapshot writes vectors + metadata + offsets
-atomically. On start the indexer loads the newest snapshot and seeks to its offsets, so the records applied
-after that snapshot (lost with the process) are applied again, and nothing else is. Kafka's committed offsets
+Exactly-once (README, "Exactly once across crashes") comes from keeping the consumed offsets *inside* the
+index: every batch is applied to the in-memory index together with the offsets after it, and a snapshot writes
+vectors + metadata + offsets atomically. On start the indexer loads the newest snapshot and seeks to its
+offsets, so the records applied after that snapshot (lost with the process) are applied again, and nothing
+else is. Kafka's committed offsets
 for the indexer group are written after each snapshot for lag monitoring only; they are never read back.
 
 Every serve replica holds a full view, so the indexer assigns itself *all* partitions of the topic instead of

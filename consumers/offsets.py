@@ -1,4 +1,4 @@
-"""Which input offsets are safe to commit while posts finish out of order (DESIGN §7).
+"""Which input offsets are safe to commit while posts finish out of order (at-least-once commits).
 
 A partition's committable position is the offset *after* the longest prefix of received records whose outputs
 the broker has acknowledged. Offsets are tracked as the ordered sequence actually received, never as

@@ -1,4 +1,4 @@
-"""The stream processor: posts -> graph -> intentions topic / dead-letter topic, at least once (DESIGN §7).
+"""The stream processor: posts -> graph -> intentions topic / dead-letter topic, at least once (README, "Guarantees").
 
 How it keeps its promises:
 

@@ -1,4 +1,4 @@
-"""Event contracts shared by every stage (DESIGN §4).
+"""Event contracts shared by every stage (README, "Contracts"; JSON Schemas in docs/schemas).
 
 They live at the bottom of the dependency graph (``graph`` is imported by ``consumers`` and ``miko_stream``),
 so that the Kafka layer can build events without importing the application package. ``miko_stream.contracts``

@@ -86,16 +86,15 @@ def _read_path(path: str, limits: ImageLimits) -> bytes:
     base = limits.base_dir.resolve()
     candidate = Path(path)
     candidate = candidate if candidate.is_absolute() else base / candidate
+    # One answer for every refusal (missing, outside the folder, a directory, a symlink loop): the warning
+    # reaches the poster in the event, and must not tell them whether some file exists on the server.
+    refused = ImageError("image path is not a readable file inside the image folder")
     try:
         resolved = candidate.resolve(strict=True)
-    except (FileNotFoundError, NotADirectoryError) as error:
-        raise ImageError(f"image file not found: {path}") from error
     except (OSError, RuntimeError) as error:  # RuntimeError: symlink loop
-        raise ImageError(f"image path cannot be resolved: {path}: {error}") from error
-    if not resolved.is_relative_to(base):
-        raise ImageError(f"image path {path} is outside the image folder {base}")
-    if not resolved.is_file():
-        raise ImageError(f"image path {path} is not a regular file")
+        raise refused from error
+    if not resolved.is_relative_to(base) or not resolved.is_file():
+        raise refused
     size = resolved.stat().st_size
     if size > limits.max_bytes:
         raise ImageError(f"image file is {size} bytes, over the {limits.max_bytes}-byte limit")

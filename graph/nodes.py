@@ -34,7 +34,7 @@ CONTEXT_CAPTION_CHARS = 320
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """How the graph behaves; defaults follow DESIGN §5."""
+    """How the graph behaves; defaults are the README's ("Models": verifier, threshold, rounds)."""
 
     verifier: VerifierMode = "llm"
     threshold: float = 0.5

@@ -1,4 +1,4 @@
-"""Noisy-text normalisation for real tweets (the extract node's input, DESIGN §5).
+"""Noisy-text normalisation for real tweets (the extract node's input; see README, "What it does, step by step").
 
 Small models read ``"whew ... that extra <num> miles # nashvillesnow emoji_92"`` badly; they read
 ``"whew... that extra N miles nashville snow (emoji)"`` well. Every step here is a deterministic regex or

@@ -1,4 +1,4 @@
-"""Output parsing that survives small models (DESIGN §5: unparseable output is repaired or marked).
+"""Output parsing that survives small models (unparseable output is repaired, or marked ``parse_failed`` in the event).
 
 A 135M-parameter model asked to complete "After posting this, the user wants to" answers with echoes of the
 stem, labels, quotes, bullets, several lines, chat-template tokens, loops ("to to to") or nothing. Each

@@ -1,4 +1,4 @@
-"""The intention index (DESIGN §8): embeddings, FAISS vectors, SQLite metadata, atomic snapshots, search.
+"""The intention index (see the README): embeddings, FAISS vectors, SQLite metadata, atomic snapshots, search.
 
 Modules: ``embeddings`` (text -> unit vectors), ``vectors`` (Flat / HNSW FAISS indexes keyed by stable ids),
 ``metadata`` (SQLite), ``snapshot`` (atomic snapshot directories), ``store`` (all three changed and saved

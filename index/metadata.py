@@ -1,4 +1,4 @@
-"""Metadata of the indexed intentions and posts in SQLite (DESIGN §8).
+"""Metadata of the indexed intentions and posts in SQLite (vectors: index/vectors.py).
 
 The live database is in memory: the only durable copy is the one inside a snapshot, written with SQLite's
 online backup API together with the FAISS files and the consumed offsets. A crash therefore loses metadata and

@@ -1,4 +1,4 @@
-"""FAISS indexes keyed by stable 63-bit ids: exact Flat, and HNSW for large indexes (DESIGN §8).
+"""FAISS indexes keyed by stable 63-bit ids: exact Flat, and HNSW for large indexes (README, "Flat or HNSW").
 
 Both wrap the real index in ``IndexIDMap2`` over inner product on unit vectors, so scores are cosine
 similarities and vectors can be reconstructed by id. Callers (the store) know from their metadata which ids

@@ -1,4 +1,4 @@
-"""The search API (DESIGN §9): FastAPI over an :class:`IntentionIndex`, with an optional API key.
+"""The search API (README, "HTTP API"): FastAPI over an :class:`IntentionIndex`, with an optional API key.
 
 ``create_app`` takes the objects it serves, so ``serve`` and ``demo`` wire the same app around their own
 index and indexer, and tests build one around a temporary index. Endpoints are plain functions: FastAPI runs
@@ -9,12 +9,12 @@ them in its thread pool, where embedding a query and searching FAISS never block
 # refer to values local to create_app (limits from the config).
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -90,6 +90,9 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+ENDPOINT_NAMES = {"get_post": "posts"}  # route function name -> the endpoint label observed() uses
+
+
 def api_key_dependency(expected: str | None) -> Callable[[str | None], None]:
     """A dependency that accepts the request only with the right ``X-API-Key`` (constant-time compare)."""
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when MIKO_API_KEY is set.")
@@ -151,6 +154,16 @@ def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config:
         )
     protected = APIRouter(dependencies=[Depends(api_key_dependency(config.api_key))])
 
+    @app.middleware("http")
+    async def count_refused(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """401 (API key) and 422 (validation) are answered before a handler runs: count them here."""
+        response = await call_next(request)
+        if response.status_code in (401, 422):
+            route = request.scope.get("route")
+            endpoint = getattr(route, "name", None) or "unknown"
+            REQUESTS.labels(ENDPOINT_NAMES.get(endpoint, endpoint), str(response.status_code)).inc()
+        return response
+
     QueryText = Annotated[str, Query(min_length=1, max_length=config.max_query_chars, description="Free text.")]
     TopK = Annotated[int, Query(ge=1, le=config.max_k, description="Number of results.")]
     RelationFilter = Annotated[Relation | None, Query(description="Only intentions of this relation.")]
@@ -163,7 +176,7 @@ def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config:
             return SearchResponse(query=q, k=k, relation=relation, results=[SearchHit.of(hit) for hit in hits])
 
     @protected.get(
-        "/posts/{post_id}",
+        "/posts/{post_id:path}",
         tags=["posts"],
         response_class=Response,
         responses={200: {"model": IntentionEvent, "description": "The latest IntentionEvent of the post."}},
@@ -176,7 +189,7 @@ def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"post {post_id!r} is not in the index")
             return Response(document, media_type="application/json")
 
-    @protected.get("/similar/{post_id}", response_model=SimilarResponse, tags=["search"])
+    @protected.get("/similar/{post_id:path}", response_model=SimilarResponse, tags=["search"])
     def similar(
         post_id: Annotated[str, Path(max_length=256)], k: TopK = 10, relation: RelationFilter = None
     ) -> SimilarResponse:
@@ -192,6 +205,11 @@ def create_app(index: IntentionIndex, *, indexer: Indexer | None = None, config:
     def stats() -> StatsResponse:
         """Index size and kind, last snapshot, consumed offsets and lag per partition."""
         return StatsResponse(index=index.stats(), indexer=indexer.stats() if indexer else None)
+
+    @app.head("/healthz", include_in_schema=False)
+    def healthz_head(response: Response) -> None:
+        """For probes that send HEAD: the same status code as GET, no body."""
+        healthz(response)
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     def healthz(response: Response) -> Health:

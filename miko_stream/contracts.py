@@ -1,4 +1,4 @@
-"""The event contracts (DESIGN §4), re-exported from ``graph.contracts`` where every layer can import them."""
+"""The event contracts (README, "Contracts"), re-exported from ``graph.contracts`` where every layer can import them."""
 
 from graph.contracts import (
     SCHEMA_VERSION,

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
         description="Posts per graph run (micro-batch); default 64 for fake and OpenAI-compatible models, 8 for "
         "local ones (a batch moves through the nodes together).",
     )
+    llm_request_timeout_s: float = Field(120.0, description="OpenAI-compatible servers: one request's time limit.")
 
     # input limits
     max_text_chars: int = 100_000

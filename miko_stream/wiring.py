@@ -41,6 +41,7 @@ def llm_config(settings: Settings) -> LLMConfig:
         openai_api_key=secret(settings.openai_api_key),
         local_runtime=settings.local_runtime,
         local_dtype=settings.local_dtype,
+        request_timeout_s=settings.llm_request_timeout_s,
     )
 
 

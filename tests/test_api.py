@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_index_support import apply, open_index, sample_docs
+from test_index_support import apply, make_doc, open_index, sample_docs
 
 from consumers.indexer import Indexer
 from consumers.kafka_config import KafkaConfig
@@ -127,3 +127,18 @@ def test_cors_is_off_by_default_and_configurable(index: IntentionIndex) -> None:
     config = ApiConfig(cors_origins=("https://dash.example",))
     opened = TestClient(create_app(index, config=config)).get("/healthz", headers=origin)
     assert opened.headers["access-control-allow-origin"] == "https://dash.example"
+
+
+def test_ids_with_slashes_head_on_healthz_and_refusals_counted(tmp_path: Path) -> None:
+    index = open_index(tmp_path / "slash")
+    apply(index, {**sample_docs(), "site/2024/p-dog": make_doc("site/2024/p-dog", "a dog", {"xIntent": "to walk"})})
+    client = TestClient(create_app(index, config=ApiConfig(api_key=KEY)))
+    assert client.get("/posts/site/2024/p-dog", headers={"X-API-Key": KEY}).status_code == 200
+    assert client.get("/similar/site/2024/p-dog", headers={"X-API-Key": KEY}).status_code == 200
+    assert client.head("/healthz").status_code == 200
+    client.get("/posts/p-dog")  # 401: no key
+    client.get("/search", params={"q": ""}, headers={"X-API-Key": KEY})  # 422: empty query
+    metrics = client.get("/metrics").text
+    assert 'miko_api_requests_total{endpoint="posts",status="401"}' in metrics
+    assert 'miko_api_requests_total{endpoint="search",status="422"}' in metrics
+    index.close()

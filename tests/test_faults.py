@@ -29,15 +29,19 @@ from kafka_helpers import (
     wait_until,
 )
 from prometheus_client import REGISTRY
+from stubs import FAULTS, FaultyChatState, faulty_chat_handler, serve_http
 from test_stream import ScriptedProcessor, running, stream_for
 
 from consumers.indexer import Indexer, IndexerConfig
 from consumers.kafka_config import KafkaConfig
+from consumers.stream import StreamOptions, StreamProcessor
 from consumers.topics import ensure_topics
 from index.embeddings import HashingEmbedder
 from index.service import IndexSettings, IntentionIndex
 from miko_stream.api import create_app
 from miko_stream.broker import EmbeddedBroker, free_port, wait_for_port
+from miko_stream.settings import Settings
+from miko_stream.wiring import build_pipeline
 
 OUTAGE_S = float(os.environ.get("MIKO_TEST_OUTAGE_S", "8"))
 
@@ -197,3 +201,52 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
     )
     assert resets is not None and resets >= 1 and "miko_kafka_offset_resets_total" in metrics
     assert Counter(tp.partition for tp in stream.assignment()) == Counter(range(4)), "the new partition is read"
+
+
+# ------------------------------------------------------------------------------------------- model faults
+
+
+async def test_model_backend_failures_are_retried_then_dead_lettered(kafka_broker: EmbeddedBroker) -> None:
+    """An OpenAI-compatible stub that answers 500, hangs past the client's timeout, sends garbage or drops the
+    connection for some posts: those end as dead letters (stage graph, naming the node) after retries, a
+    flaky one succeeds on retry, and the posts after them in the same partition all flow."""
+    config = unique_config(kafka_broker.bootstrap, topic_partitions=1)
+    await create_topics(config)
+    state = FaultyChatState(hang_s=2.0)
+    normal = [(f"ok{i}".encode(), post_line(f"ok{i}", "a sunny day at the beach with friends")) for i in range(12)]
+    faulty = [(f"f-{fault}".encode(), post_line(f"f-{fault}", f"{fault} happens here")) for fault in FAULTS]
+    records = [*normal[:4], *faulty, *normal[4:]]  # the faults sit in the middle of one partition
+    with serve_http(faulty_chat_handler(state)) as url:
+        settings = Settings(llm=f"openai:stub@{url}/v1", vision="none", verifier="heuristic", llm_request_timeout_s=0.5)
+        pipeline = build_pipeline(settings)
+        stream = StreamProcessor(pipeline, config, settings.limits(), StreamOptions(commit_interval_s=0.2))
+        await produce(config.bootstrap, config.posts_topic, records)
+        inputs = {key.decode() for key, _ in records}
+        async with running(stream):
+            outputs = await _outputs_for(config, inputs, timeout_s=240)
+    audit("model-backend-faults", inputs, outputs)
+    letters = {letter.post_id: letter for letter in outputs.dead_letters}
+    assert {f"ok{i}" for i in range(12)} | {"f-FAULT_FLAKY"} <= set(outputs.events), "retry fixed the flaky one"
+    for fault in ("FAULT_500", "FAULT_TIMEOUT", "FAULT_RESET"):
+        letter = letters[f"f-{fault}"]
+        assert letter.stage == "graph" and " in extract" in letter.error_message, letter  # names the node
+        assert state.seen[fault] > 1 and letter.attempts == 3, f"{fault} was retried"
+    assert (letters["f-FAULT_GARBAGE"].attempts, state.seen["FAULT_GARBAGE"]) == (1, 1), "garbage is not retried"
+    print(f"model faults: requests per fault {dict(state.seen)}; dead letters "
+          f"{ {k: (v.stage, v.attempts, v.error_message[:80]) for k, v in letters.items()} }")  # fmt: skip
+
+
+async def test_model_slower_than_max_poll_interval_causes_no_rebalance(kafka_broker: EmbeddedBroker) -> None:
+    """Each post takes 3x max.poll.interval.ms; the processor keeps polling (paused) and stays in its group."""
+    config = unique_config(kafka_broker.bootstrap)
+    await create_topics(config)
+    records = _posts("slow", 6)
+    await produce(config.bootstrap, config.posts_topic, records)
+    processor = ScriptedProcessor(delay_s=3.0)
+    stream = stream_for(config, processor, max_in_flight=2, max_poll_interval_ms=1_000, session_timeout_ms=6_000)
+    inputs = {key.decode() for key, _ in records}
+    async with running(stream):
+        outputs = await _outputs_for(config, inputs, timeout_s=120)
+    audit("model-slower-than-max-poll-interval", inputs, outputs)
+    assert stream.stats.rebalances == 0, "no member was dropped from the group"
+    assert outputs.events == Counter(dict.fromkeys(inputs, 1)), "each post exactly once"

@@ -18,6 +18,8 @@ import graph.images as images
 from graph.contracts import ImageRef
 from graph.images import ImageError, ImageLimits, load_image, verify_image
 
+REFUSED = "not a readable file inside the image folder"
+
 
 def _png(size: tuple[int, int] = (8, 6), color: str = "red") -> bytes:
     buffer = io.BytesIO()
@@ -172,9 +174,9 @@ async def test_path_outside_base_dir_is_refused(tmp_path: Path) -> None:
     inside.mkdir()
     (tmp_path / "secret.png").write_bytes(PNG)
     limits = ImageLimits(base_dir=inside)
-    with pytest.raises(ImageError, match="outside"):
+    with pytest.raises(ImageError, match=REFUSED):
         await load_image(ImageRef(path="../secret.png"), limits)
-    with pytest.raises(ImageError, match="outside"):
+    with pytest.raises(ImageError, match=REFUSED):
         await load_image(ImageRef(path=str(tmp_path / "secret.png")), limits)
 
 
@@ -183,17 +185,29 @@ async def test_symlink_escaping_base_dir_is_refused(tmp_path: Path) -> None:
     inside.mkdir()
     (tmp_path / "secret.png").write_bytes(PNG)
     (inside / "link.png").symlink_to(tmp_path / "secret.png")
-    with pytest.raises(ImageError, match="outside"):
+    with pytest.raises(ImageError, match=REFUSED):
         await load_image(ImageRef(path="link.png"), ImageLimits(base_dir=inside))
 
 
 async def test_missing_file_and_directory_are_refused(tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
     limits = ImageLimits(base_dir=tmp_path)
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(ImageError, match=REFUSED):
         await load_image(ImageRef(path="nope.png"), limits)
-    with pytest.raises(ImageError, match="not a regular file"):
+    with pytest.raises(ImageError, match=REFUSED):
         await load_image(ImageRef(path="folder"), limits)
+
+
+async def test_refusals_do_not_reveal_whether_a_server_file_exists(tmp_path: Path) -> None:
+    inside = tmp_path / "images"
+    inside.mkdir()
+    (tmp_path / "exists.png").write_bytes(PNG)
+    messages = set()
+    for path in ("../exists.png", "../missing.png", str(tmp_path / "exists.png"), "/etc/passwd", "/nope/x"):
+        with pytest.raises(ImageError) as refused:
+            await load_image(ImageRef(path=path), ImageLimits(base_dir=inside))
+        messages.add(str(refused.value))
+    assert len(messages) == 1, messages
 
 
 async def test_oversized_file_is_refused(tmp_path: Path) -> None:

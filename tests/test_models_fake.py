@@ -54,9 +54,11 @@ def test_spec_parsing() -> None:
     assert parse_llm_spec("openai:Qwen/Qwen2.5-7B@http://127.0.0.1:8000/v1") == LLMSpec(
         "openai", target="Qwen/Qwen2.5-7B", base_url="http://127.0.0.1:8000/v1"
     )
-    assert parse_llm_spec("openai:gpt-4o-mini") == LLMSpec("openai", target="gpt-4o-mini")
+    openai = LLMSpec("openai", target="gpt-4o-mini", base_url="https://api.openai.com/v1")
+    assert parse_llm_spec("openai:gpt-4o-mini@https://api.openai.com/v1") == openai
     assert str(parse_llm_spec("openai:m@https://h/v1")) == "openai:m@https://h/v1"
-    for bad in ("llama", "fake:abc", "fake:-1", "hf:", "openai:", "openai:m@ftp://x", "smollm2:big"):
+    bad_specs = ("llama", "fake:abc", "fake:-1", "hf:", "openai:", "openai:gpt-4o", "openai:m@ftp://x", "smollm2:big")
+    for bad in bad_specs:
         with pytest.raises(ModelSpecError, match="Accepted forms"):
             parse_llm_spec(bad)
 

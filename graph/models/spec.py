@@ -17,8 +17,8 @@ ACCEPTED_FORMS = (
     "fake | fake:<ms> (scripted output, <ms> milliseconds of latency per call) | "
     "smollm2 (default: SmolLM2-135M-Instruct, run `miko-stream models pull` once) | "
     "hf:<hub id or local folder> | "
-    "openai:<model>@<base_url> (e.g. openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1) | "
-    "openai:<model> (api.openai.com)"
+    "openai:<model>@<base_url> (e.g. openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1; "
+    "OpenAI itself: openai:gpt-4o-mini@https://api.openai.com/v1)"
 )
 
 
@@ -82,6 +82,8 @@ def parse_llm_spec(spec: str) -> LLMSpec:
         model, base_url = _split_openai(spec, rest.strip())
         if not model:
             raise _error(spec, "openai: needs a model name")
+        if base_url is None:  # never send posts to a public endpoint by default
+            raise _error(spec, f"openai: needs the server's base URL, e.g. openai:{model}@http://127.0.0.1:8000/v1")
         return LLMSpec("openai", target=model, base_url=base_url)
     raise _error(spec, f"unknown kind {kind!r}")
 
