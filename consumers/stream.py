@@ -315,12 +315,16 @@ class StreamProcessor:
         assert consumer is not None
         assigned = consumer.assignment()
         received = self._tracker.received_up_to()
-        positions = {tp: max(self._read_up_to.get(tp, 0), received.get(tp, 0)) for tp in assigned}
+        # Where the consumer fetches next counts too: a group offset committed before the loss was noticed
+        # (e.g. a failed commit retried against the restarted broker) puts it past the end as well.
+        fetching = await self._fetch_positions(assigned)
+        waiting = {tp: max(received.get(tp, 0), fetching.get(tp, 0)) for tp in assigned}
+        positions = {tp: max(self._read_up_to.get(tp, 0), waiting[tp]) for tp in assigned}
         resets = beyond_end("processor", positions, known_ends(consumer, list(positions)))
         for reset in resets:
             tp = TopicPartition(reset.topic, reset.partition)
             self._read_up_to[tp] = received.get(tp, 0)
-            if received.get(tp, 0) > reset.end:
+            if waiting[tp] > reset.end:
                 await self._cancel(list(self._tasks.pop(tp, ())))
                 self._tracker.revoke([tp])
                 self._read_up_to[tp] = 0
@@ -328,6 +332,17 @@ class StreamProcessor:
                 consumer.seek(tp, 0)
         self.offset_resets.extend(resets)
         self.stats.offset_resets += len(resets)
+
+    async def _fetch_positions(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
+        """The consumer's next fetch offset per partition, where known within a short time."""
+        consumer = self._consumer
+        assert consumer is not None
+        positions = {}
+        for tp in partitions:
+            with contextlib.suppress(KafkaError, TimeoutError, AssertionError):
+                async with asyncio.timeout(1.0):
+                    positions[tp] = await consumer.position(tp)
+        return positions
 
     async def _drain(self) -> None:
         """Finish in-flight posts (bounded), polling with everything paused and committing as they end."""
