@@ -136,7 +136,9 @@ async def consume(config: KafkaConfig, tally: Tally, stop: asyncio.Event) -> Non
 
 
 def start_services(bootstrap: str, workdir: Path, llm: str) -> dict[str, subprocess.Popen[bytes]]:
-    env = {**os.environ, "MIKO_KAFKA_IDEMPOTENCE": "off", "MIKO_LOG_LEVEL": "WARNING"}
+    root = str(Path(__file__).resolve().parents[1])  # the services run this checkout's code
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "MIKO_KAFKA_IDEMPOTENCE": "off", "MIKO_LOG_LEVEL": "WARNING"}
     base = [sys.executable, "-m", "miko_stream"]
     commands = {
         "run": [*base, "run", "--bootstrap", bootstrap, "--llm", llm, "--vision", "none"],
