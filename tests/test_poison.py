@@ -155,8 +155,9 @@ def test_batch_runner_accounts_for_every_line(
     source.write_bytes(b"\n".join(records) + b"\n")
     out, dlq = io.StringIO(), io.StringIO()
     report = asyncio.run(BatchRunner(fake_pipeline, LIMITS, concurrency=8).run(source, out, dlq))
-    events = [IntentionEvent.model_validate_json(line) for line in out.getvalue().splitlines()]
-    letters = [DeadLetter.model_validate_json(line) for line in dlq.getvalue().splitlines()]
+    # JSONL is split on "\n" only: U+0085 and U+2028 (which str.splitlines() also splits on) are valid in ids.
+    events = [IntentionEvent.model_validate_json(line) for line in out.getvalue().split("\n") if line]
+    letters = [DeadLetter.model_validate_json(line) for line in dlq.getvalue().split("\n") if line]
     assert report.records == len(records) == len(events) + len(letters)
     lines_seen = sorted([e.source.offset for e in events if e.source] + [d.offset for d in letters])
     assert lines_seen == list(range(1, len(records) + 1)), "exactly one outcome per input line"
@@ -168,7 +169,7 @@ def test_dead_letters_from_process_keep_bounded_keys(fake_pipeline: MikoPipeline
     source.write_bytes(b'{"id": "' + b"k" * 10_000 + b'"}\n{"id": "ok", "text": "fine"}\n')
     out, dlq = io.StringIO(), io.StringIO()
     asyncio.run(BatchRunner(fake_pipeline, LIMITS).run(source, out, dlq))
-    (letter,) = [DeadLetter.model_validate_json(line) for line in dlq.getvalue().splitlines()]
+    (letter,) = [DeadLetter.model_validate_json(line) for line in dlq.getvalue().split("\n") if line]
     assert (letter.stage, letter.post_id) == ("validate", None)
     assert len(letter.error_message) < 300, "the 10 kB id is not repeated in the message"
-    assert [json.loads(line)["post_id"] for line in out.getvalue().splitlines()] == ["ok"]
+    assert [json.loads(line)["post_id"] for line in out.getvalue().split("\n") if line] == ["ok"]
