@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -117,12 +116,21 @@ async def test_verify_text_and_yes_probability_agree(model: FakeChatModel) -> No
     assert probabilities == await model.ayes_probability([verify_prompt(s) for s in statements])
 
 
-async def test_latency_is_async_so_calls_overlap(tmp_path: Path) -> None:
+async def test_latency_is_async_so_calls_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call's latency is an asyncio sleep, all twenty sleep at once: the sleeps wait for each other (a
+    barrier), which only completes if the calls overlap (no clock involved)."""
     model = build_chat_model("fake:200", LLMConfig(cache_dir=tmp_path))
-    started = time.monotonic()
+    sleeping, everyone = [], asyncio.Event()
+
+    async def barrier_sleep(seconds: float) -> None:
+        sleeping.append(seconds)
+        if len(sleeping) == 20:
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), 30)
+
+    monkeypatch.setattr("graph.models.fake.asyncio.sleep", barrier_sleep)
     await asyncio.gather(*(model.ainvoke([HumanMessage(f"hi {i}")]) for i in range(20)))
-    elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.2 * 20  # each call slept, and they slept together
+    assert sleeping == [0.2] * 20, "each call slept its latency, and they slept together"
     assert describe_llm(model) == "fake:200"
 
 

@@ -174,18 +174,13 @@ async def test_graceful_stop_drains_in_flight_posts_and_commits(kafka_broker: Em
     while processor.active < 12:
         await asyncio.sleep(0.05)
     stream.request_stop()  # all twelve are in flight, none finished
-    await asyncio.sleep(0.3)
     processor.gate.set()
     stats = await asyncio.wait_for(task, 30)
     assert stats.processed == 12
     outputs = Outputs.read(await collect(bootstrap, outputs_of(config), lambda r: len(r) >= 12), config)
     assert outputs.events == Counter({f"g{i}": 1 for i in range(12)})
-
-    restarted = stream_for(config, ScriptedProcessor())
-    async with running(restarted) as second:
-        await wait_until(lambda: bool(restarted.assignment()), what="the restarted processor's assignment")
-        await asyncio.sleep(1)
-    assert (await second).received == 0, "everything was committed: a restart redoes nothing"
+    committed = await committed_offsets(bootstrap, config)
+    assert sum(offset or 0 for offset in committed.values()) == 12, "everything was committed: a restart redoes nothing"
 
 
 async def test_drain_timeout_leaves_unfinished_posts_for_the_next_run(kafka_broker: EmbeddedBroker) -> None:
@@ -212,13 +207,13 @@ async def test_waits_for_a_broker_that_is_not_up_yet(tmp_path) -> None:  # type:
     port = free_port()
     config = unique_config(f"127.0.0.1:{port}")
     stream = stream_for(config, ScriptedProcessor())
-    async with running(stream):
-        await asyncio.sleep(1.5)
+    async with running(stream) as task:
+        await asyncio.sleep(1.5)  # the fault: no broker for a while (nothing is asserted about this time)
         with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as broker:
             await produce(broker.bootstrap, config.posts_topic, [(b"late", post_line("late"))])
             records = await collect(broker.bootstrap, outputs_of(config), lambda r: len(r) >= 1)
             stream.request_stop()
-            await asyncio.sleep(0.5)
+            await asyncio.wait_for(asyncio.shield(task), 30)  # stopped while the broker is still there
     assert Outputs.read(records, config).events == Counter({"late": 1})
 
 
@@ -281,8 +276,7 @@ async def test_survives_a_broker_outage(tmp_path) -> None:  # type: ignore[no-un
         task = asyncio.create_task(stream.run())
         await produce(broker.bootstrap, config.posts_topic, [(b"before", post_line("before"))])
         await collect(broker.bootstrap, [config.intentions_topic], lambda r: len(r) >= 1)
-    await asyncio.sleep(3)
-    assert not task.done(), "still running while the broker is away"
+    await asyncio.sleep(3)  # the outage; that the processor lived through it shows below, not by a clock
     with EmbeddedBroker(port=port, log_path=tmp_path / "after.log") as broker:
         await create_topics(config)
         await produce(broker.bootstrap, config.posts_topic, [(b"after", post_line("after"))])
