@@ -86,6 +86,7 @@ class Tally:
     events: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # seconds, of the current window
+    keyed: list[tuple[str, float]] = field(default_factory=list)  # (post id, seconds), the whole run
     window_outputs: int = 0
 
 
@@ -129,7 +130,9 @@ async def consume(config: KafkaConfig, tally: Tally, stop: asyncio.Event) -> Non
                     else:
                         tally.events[key] += 1
                         if key in tally.sent_at:
-                            tally.latencies.append(record.timestamp / 1000 - tally.sent_at[key])
+                            latency = record.timestamp / 1000 - tally.sent_at[key]
+                            tally.latencies.append(latency)
+                            tally.keyed.append((key, latency))
                     tally.window_outputs += 1
     finally:
         await consumer.stop()
@@ -196,23 +199,40 @@ async def main(args: argparse.Namespace) -> int:
             process.terminate()
         for process in services.values():
             process.wait(60)
-    all_latencies_note = "(per-window percentiles above)"
+    outputs = sum(tally.events.values()) + sum(tally.dead.values())
     for name, points in rss.items():
         steady = points[len(points) // 5 :]
+        growth = points[-1][1] - points[0][1] if points else 0.0
         print(
             f"RSS {name}: start {points[0][1] if points else 0:.1f} MB, end {points[-1][1] if points else 0:.1f} MB, "
-            f"slope {slope_per_min(steady):+.3f} MB/min over the last {len(steady)} samples"
+            f"slope {slope_per_min(steady):+.3f} MB/min over the last {len(steady)} samples, "
+            f"{1024 * growth / max(outputs, 1):.1f} kB per output record"
         )
+    measured = [latency for _, latency in tally.keyed]
+    print(
+        f"latency over the run: p50 {1000 * percentile(measured, 0.5):.0f} ms, "
+        f"p99 {1000 * percentile(measured, 0.99):.0f} ms ({len(measured)} events); after the first minute: p50 "
+        f"{1000 * percentile(measured_after(tally, 60), 0.5):.0f} ms, "
+        f"p99 {1000 * percentile(measured_after(tally, 60), 0.99):.0f} ms; load average now {os.getloadavg()[0]:.1f}"
+    )
     sent = set(tally.sent)
     covered = set(tally.events) | set(tally.dead)
     duplicates = sum(n - 1 for n in tally.events.values()) + sum(n - 1 for n in tally.dead.values())
     invalid = sum(1 for raw in tally.sent.values() if raw.endswith(b"broken"))
     print(
         f"AUDIT soak: inputs={len(sent)} (invalid {invalid}) events={sum(tally.events.values())} "
-        f"dead_letters={sum(tally.dead.values())} lost={len(sent - covered)} duplicates={duplicates} "
-        f"{all_latencies_note}"
+        f"dead_letters={sum(tally.dead.values())} lost={len(sent - covered)} duplicates={duplicates}"
     )
     return 0 if sent <= covered else 1
+
+
+def measured_after(tally: Tally, skip_s: float) -> list[float]:
+    """Latencies of the events of posts sent more than ``skip_s`` after the first (start-up excluded)."""
+    if not tally.sent_at:
+        return []
+    first = min(tally.sent_at.values())
+    late = {post_id for post_id, at in tally.sent_at.items() if at - first > skip_s}
+    return [latency for post_id, latency in tally.keyed if post_id in late]
 
 
 def parse_args() -> argparse.Namespace:

@@ -204,6 +204,10 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
             inputs = {key.decode() for key, _ in after}
             outputs = await _outputs_for(config, inputs, timeout_s=180)
             await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the new posts indexed")
+            # Reported within a check interval of the first fetch from the new log (which may come after the
+            # posts went through, when a rebalance already restarted the partitions).
+            reported = lambda: stream.stats.offset_resets >= 1 and bool(indexer.offset_resets)  # noqa: E731
+            await wait_until(reported, timeout_s=60, what="the loss reported by run and serve")
             client = TestClient(create_app(index, indexer=indexer))
             stats = client.get("/stats").json()["indexer"]
             health = client.get("/healthz").json()
