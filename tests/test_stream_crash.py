@@ -63,7 +63,9 @@ async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBr
     async with OutputWatcher(kafka_broker.bootstrap, config) as watcher:
         covered = lambda: watcher.covered(valid, invalid)  # noqa: E731
         for target in kills:
-            process = start_processor(config, log)
+            # Four posts at a time: slow enough that the kill lands while work is left (a wide processor can
+            # finish all 300 between two polls of the watcher on a loaded machine).
+            process = start_processor(config, log, max_in_flight=4)
             await watcher.wait_for(covered, target, timeout_s=120, alive=running(process))
             assert stop(process, signal.SIGKILL) == -signal.SIGKILL
             assert covered() < len(records), "killed while it still had work"
