@@ -6,7 +6,7 @@ from pathlib import Path
 
 from graph.contracts import ModelInfo
 from graph.images import ImageLimits
-from graph.models.registry import LLMConfig, build_chat_model
+from graph.models.registry import LLMConfig, build_chat_model, describe_llm
 from graph.models.spec import parse_llm_spec, without_credentials
 from graph.models.vision import build_captioner
 from graph.nodes import GraphConfig, GraphDeps
@@ -17,7 +17,7 @@ from prompts import load_prompts
 # P(yes) from a judge is only comparable within one model. SmolLM2-135M puts P(yes) between 0.08 and 0.22 on
 # MIKO's human-judged intentions (../shared/data/verifier_dev.jsonl, 600 intentions, median 0.12, AUC 0.54):
 # 0.10 accepts about the share humans accepted (72%). Other models start at 0.5 until measured.
-CALIBRATED_THRESHOLDS = {"smollm2": 0.10}
+CALIBRATED_THRESHOLDS = {"smollm2": 0.10, "smollm2-miko": 0.10}  # the distilled model: same judge weights, unmeasured
 
 
 def verify_threshold(settings: Settings) -> float:
@@ -76,7 +76,7 @@ def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPip
     verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
     deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
     models = ModelInfo(
-        llm=without_credentials(settings.llm),
+        llm=without_credentials(describe_llm(llm)),
         vision=without_credentials(settings.vision),
         verifier=without_credentials(verifier),
     )

@@ -42,6 +42,9 @@ class LLMConfig:
     """Local models' weights: ``bf16``, ``fp32``, or ``auto`` (bf16 where the CPU multiplies it natively)."""
 
 
+PACKAGED_DISTILLED = Path(__file__).parent / "distilled" / "smollm2-miko"
+"""The MIKO-distilled SmolLM2 adapter shipped in the package (spec ``smollm2-miko``)."""
+
 _engines: dict[tuple[object, ...], LocalEngineHandle] = {}
 _engines_lock = threading.Lock()
 
@@ -50,6 +53,8 @@ def local_source(spec: LLMSpec, config: LLMConfig) -> str:
     """A folder (or cached hub id) that ``from_pretrained`` can load without the network."""
     from graph.models import smollm2
 
+    if spec.kind in ("distilled", "smollm2-miko"):
+        return str(distilled_source(spec, config)[0])
     if spec.kind == "smollm2":
         folder = smollm2.converted_dir(config.cache_dir)
         if not smollm2.is_converted(folder):
@@ -61,6 +66,28 @@ def local_source(spec: LLMSpec, config: LLMConfig) -> str:
             raise ModelSpecError(f"GGUF file {path} does not exist")
         return str(smollm2.ensure_converted_gguf(path, config.cache_dir))
     return str(path) if path.exists() else spec.target
+
+
+def distilled_source(spec: LLMSpec, config: LLMConfig) -> tuple[Path, str]:
+    """(plain model folder with the adapter merged in, training run id) of a distilled model spec."""
+    from graph.distill.artifact import DistilledModelError, read_distilled, served_folder
+
+    folder = PACKAGED_DISTILLED if spec.kind == "smollm2-miko" else Path(spec.target).expanduser()
+    try:
+        info = read_distilled(folder)
+        base = parse_llm_spec(info.base)
+        if base.kind in ("distilled", "smollm2-miko"):
+            raise DistilledModelError(f"{folder}: the base of a distilled model must be a plain model, not {info.base}")
+        return served_folder(folder, Path(local_source(base, config)), config.cache_dir), info.run_id
+    except DistilledModelError as error:
+        raise ModelSpecError(f"cannot use --llm {spec}: {error}") from error
+
+
+def model_label(spec: LLMSpec, config: LLMConfig) -> str:
+    """The name events carry: the spec, and for a distilled model the training run that made it."""
+    if spec.kind in ("distilled", "smollm2-miko"):
+        return f"{spec} run={distilled_source(spec, config)[1]}"
+    return str(spec)
 
 
 def _local_model(spec: LLMSpec, config: LLMConfig) -> BaseChatModel:
@@ -82,7 +109,10 @@ def _local_model(spec: LLMSpec, config: LLMConfig) -> BaseChatModel:
             log.info("local_model_loaded", model=str(spec), source=source, runtime=type(engine.model).__name__,
                      dtype=engine.precision)  # fmt: skip
     return LocalChatModel(
-        spec=str(spec), handle=handle, max_new_tokens=config.max_new_tokens, temperature=config.temperature
+        spec=model_label(spec, config),
+        handle=handle,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
     )
 
 

@@ -11,11 +11,13 @@ from typing import Literal
 
 from graph.models.base import ModelSpecError
 
-LLMKind = Literal["fake", "smollm2", "hf", "openai"]
+LLMKind = Literal["fake", "smollm2", "smollm2-miko", "distilled", "hf", "openai"]
 
 ACCEPTED_FORMS = (
     "fake | fake:<ms> (scripted output, <ms> milliseconds of latency per call) | "
-    "smollm2 (default: SmolLM2-135M-Instruct, run `miko-stream models pull` once) | "
+    "smollm2 (SmolLM2-135M-Instruct, run `miko-stream models pull` once) | "
+    "smollm2-miko (default: SmolLM2 with the MIKO-distilled adapter shipped in the package) | "
+    "distilled:<folder> (the output of `miko-stream distill generator`) | "
     "hf:<hub id or local folder> | "
     "openai:<model>@<base_url> (e.g. openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1; "
     "OpenAI itself: openai:gpt-4o-mini@https://api.openai.com/v1)"
@@ -32,8 +34,8 @@ class LLMSpec:
     def __str__(self) -> str:
         if self.kind == "fake":
             return f"fake:{self.latency_ms:g}" if self.latency_ms else "fake"
-        if self.kind == "smollm2":
-            return "smollm2"
+        if self.kind in ("smollm2", "smollm2-miko"):
+            return self.kind
         if self.kind == "openai" and self.base_url:
             return f"openai:{self.target}@{self.base_url}"
         return f"{self.kind}:{self.target}"
@@ -70,10 +72,14 @@ def parse_llm_spec(spec: str) -> LLMSpec:
         if latency < 0 or latency != latency:
             raise _error(spec, "latency must be >= 0 milliseconds")
         return LLMSpec("fake", latency_ms=latency)
-    if kind == "smollm2":
+    if kind in ("smollm2", "smollm2-miko"):
         if sep:
-            raise _error(spec, "smollm2 takes no argument")
-        return LLMSpec("smollm2")
+            raise _error(spec, f"{kind} takes no argument")
+        return LLMSpec(kind)  # type: ignore[arg-type]
+    if kind == "distilled":
+        if not rest.strip():
+            raise _error(spec, "distilled: needs the folder `miko-stream distill generator --out` wrote")
+        return LLMSpec("distilled", target=rest.strip())
     if kind == "hf":
         if not rest.strip():
             raise _error(spec, "hf: needs a hub id or a local folder")

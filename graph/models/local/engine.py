@@ -156,6 +156,25 @@ def _as_list(value: int | list[int] | None) -> list[int]:
 DEFAULT_SHARING = SharingPolicy()
 
 
+def render_prompt(tokenizer: AnyTokenizer, turns: ChatTurns) -> list[int]:
+    """The token ids the model sees for a conversation; a trailing assistant turn is continued (a prefill).
+
+    `distill generator` trains on exactly these ids, so the student learns the prompts it will be served.
+    """
+    if not turns:
+        raise ValueError("empty conversation")
+    prefill = turns[-1][0] == "assistant"
+    chat = [{"role": role, "content": text} for role, text in turns]
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+        )
+    else:  # a base model without a template: a plain transcript
+        text = "".join(f"{role}: {content}\n" for role, content in turns)
+        text = text.rstrip("\n") if prefill else text + "assistant:"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class LocalEngine:
     """Continuous batching over one model and tokenizer; every method runs on the batcher's worker thread."""
 
@@ -210,18 +229,7 @@ class LocalEngine:
     # -- rendering -----------------------------------------------------------------------------------------
 
     def render(self, turns: ChatTurns) -> list[int]:
-        if not turns:
-            raise ValueError("empty conversation")
-        prefill = turns[-1][0] == "assistant"
-        chat = [{"role": role, "content": text} for role, text in turns]
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                chat, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
-            )
-        else:  # a base model without a template: a plain transcript
-            text = "".join(f"{role}: {content}\n" for role, content in turns)
-            text = text.rstrip("\n") if prefill else text + "assistant:"
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return render_prompt(self.tokenizer, turns)
 
     def _prepare(self, request: LocalRequest) -> list[int]:
         ids = self.render(request.turns)
