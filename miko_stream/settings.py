@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from consumers.kafka_config import KafkaConfig
+from graph.distill.artifact import default_llm
 from graph.intake import InputLimits
 
 
@@ -50,7 +51,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIKO_", env_file=".env", extra="ignore")
 
     # models
-    llm: str = Field("smollm2", description="fake[:ms] | smollm2 | hf:<id or path> | openai:<model>@<base_url>")
+    llm: str = Field(
+        default_factory=default_llm,
+        description="fake[:ms] | smollm2-miko (default when shipped) | smollm2 | distilled:<dir> | hf:<id or path> | "
+        "openai:<model>@<base_url>",
+    )
     vision: str = Field("ocr", description="none | ocr | hf:<id or path> | openai:<model>@<base_url>")
     verifier: Literal["llm", "heuristic", "none"] = "llm"
     verify_threshold: float | None = Field(

@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "distill.json"
+PACKAGED_DISTILLED = Path(__file__).resolve().parent.parent / "models" / "distilled" / "smollm2-miko"
+"""The MIKO-distilled SmolLM2 adapter shipped in the package (spec ``smollm2-miko``)."""
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 COMPLETE_MARKER = ".miko-complete"
 _COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def default_llm() -> str:
+    """The embedded default: the distilled SmolLM2 when its adapter ships in the package, else the plain one."""
+    return "smollm2-miko" if (PACKAGED_DISTILLED / MANIFEST).is_file() else "smollm2"
 
 
 class DistilledModelError(OSError):

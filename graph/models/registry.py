@@ -42,9 +42,6 @@ class LLMConfig:
     """Local models' weights: ``bf16``, ``fp32``, or ``auto`` (bf16 where the CPU multiplies it natively)."""
 
 
-PACKAGED_DISTILLED = Path(__file__).parent / "distilled" / "smollm2-miko"
-"""The MIKO-distilled SmolLM2 adapter shipped in the package (spec ``smollm2-miko``)."""
-
 _engines: dict[tuple[object, ...], LocalEngineHandle] = {}
 _engines_lock = threading.Lock()
 
@@ -70,7 +67,7 @@ def local_source(spec: LLMSpec, config: LLMConfig) -> str:
 
 def distilled_source(spec: LLMSpec, config: LLMConfig) -> tuple[Path, str]:
     """(plain model folder with the adapter merged in, training run id) of a distilled model spec."""
-    from graph.distill.artifact import DistilledModelError, read_distilled, served_folder
+    from graph.distill.artifact import PACKAGED_DISTILLED, DistilledModelError, read_distilled, served_folder
 
     folder = PACKAGED_DISTILLED if spec.kind == "smollm2-miko" else Path(spec.target).expanduser()
     try:

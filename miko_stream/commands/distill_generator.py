@@ -83,6 +83,8 @@ def generator(
         def on_step(report: StepReport) -> None:
             info = f"epoch {report.epoch + 1} loss {report.loss:.3f} {report.tokens_per_s:.0f} tok/s"
             progress.update(task, total=report.total_steps, completed=report.step, info=info)
+            if not err_console.is_terminal:  # a log file gets a line per step instead of a redrawn bar
+                progress.console.print(f"step {report.step}/{report.total_steps} {info} {report.elapsed_s:.0f}s")
 
         try:
             result = distill_generator(request, on_step=on_step, status=lambda line: progress.console.print(line))
