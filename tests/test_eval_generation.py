@@ -220,3 +220,31 @@ def test_cli_runs_the_graph_and_rescores_saved_events(hand_made: Path, tmp_path:
     assert len(events.read_text().splitlines()) == 2
     again = CliRunner().invoke(app, ["eval", "generation", "--data", str(hand_made), "--from-events", str(events)])
     assert again.exit_code == 0 and again.output.strip().splitlines()[-1] == last
+
+
+def test_learned_judge_scores_each_post_together_and_applies_relation_thresholds() -> None:
+    from miko_stream.evaluation.generation import JudgeItem
+    from miko_stream.evaluation.judges import LearnedJudge
+
+    class Verifier:
+        label = "stub@1"
+
+        def __init__(self) -> None:
+            self.calls: list[list[object]] = []
+
+        def score(self, items: list[object]) -> list[float]:
+            self.calls.append(items)
+            return [0.6 for _ in items]
+
+        def threshold(self, relation: Relation) -> float:
+            return 0.5 if relation == Relation.X_WANT else 0.7
+
+    verifier = Verifier()
+    judge = LearnedJudge(verifier, lambda *a, **kw: (a, kw))
+    items = [
+        JudgeItem("post", None, Relation.X_WANT, "rest", False, "p"),
+        JudgeItem("post", None, Relation.X_NEED, "eat", True, "p"),
+        JudgeItem("post", None, Relation.OPEN, "", True, "p"),
+    ]
+    assert judge.accepts(items) == [True, False, False] and judge.name == "learned:stub@1"
+    assert len(verifier.calls) == 1 and len(verifier.calls[0]) == 2  # empty intentions are never scored

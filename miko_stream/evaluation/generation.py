@@ -63,6 +63,7 @@ class JudgeItem:
     relation: Relation
     text: str
     verified_by_graph: bool
+    post_id: str | None = None
 
 
 class AcceptanceJudge(Protocol):
@@ -147,7 +148,7 @@ def _rows(reference: ReferencePost, generated: Generated) -> list[_Row]:
         item = generated.intentions.get(relation)
         text = item.text.strip() if item is not None else ""
         usable = bool(text) and item is not None and not item.parse_failed
-        judged = JudgeItem(post.text, post.caption, relation, text, bool(item and item.verified))
+        judged = JudgeItem(post.text, post.caption, relation, text, bool(item and item.verified), post.id)
         rows.append(
             _Row(
                 relation,
