@@ -130,7 +130,7 @@ def test_training_lowers_the_loss_and_the_result_serves_through_the_spec(student
     conversation = generate_messages(PROMPTS, "I ran my first marathon today", "a runner", KeyInfo(), Relation.X_WANT)
     replies = {}
     for runtime in ("native", "transformers"):
-        config = LLMConfig(cache_dir=tmp_path / "cache", local_runtime=runtime)  # type: ignore[arg-type]
+        config = LLMConfig(cache_dir=tmp_path / "cache", local_runtime=runtime, local_dtype="fp32")  # type: ignore[arg-type]
         model = build_chat_model(f"distilled:{out}", config)
         assert model.spec == f"distilled:{out} run={info.run_id}"  # type: ignore[attr-defined]
         [reply] = asyncio.run(model.acomplete([conversation], max_tokens=8))  # type: ignore[attr-defined]
