@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -95,6 +97,12 @@ class Viewer:
     snapshots: int = 0
     dropped_seen: bool = False
     errors: list[str] = field(default_factory=list)
+    _transport: asyncio.BaseTransport | None = None
+
+    def abort(self) -> None:
+        """End a stalled connection at once (the end of a phase)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event, stall_s: float = 0.0) -> None:
         if stall_s:
@@ -120,6 +128,7 @@ class Viewer:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
         reader, writer = await asyncio.open_connection(sock=sock)
+        self._transport = writer.transport
         self.connects += 1
         writer.write(f"GET /events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
         await writer.drain()
@@ -128,7 +137,9 @@ class Viewer:
         kind = None
         try:
             while True:
-                line = (await asyncio.wait_for(reader.readline(), 2.0)).decode(errors="replace").rstrip("\r\n")
+                async with asyncio.timeout(2.0):
+                    raw = await reader.readline()
+                line = raw.decode(errors="replace").rstrip("\r\n")
                 if not line and reader.at_eof():
                     self.dropped_seen = True
                     return
@@ -253,9 +264,12 @@ async def run_phase(broker: EmbeddedBroker, args: argparse.Namespace, viewers: i
                 await producing
                 dropped = await dropped_clients(base)
                 stop.set()
+                for viewer in clients:
+                    viewer.abort()
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                if tasks:
+                    await asyncio.wait(tasks, timeout=10)
         finally:
             serve.terminate()
             serve.wait(timeout=60)
@@ -293,7 +307,13 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
           f"(ratio {watched / alone:.3f})")  # fmt: skip
 
 
+def print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 async def main(args: argparse.Namespace) -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, print_tasks)  # where each task waits
     phases: list[Phase] = []
     with EmbeddedBroker(host="127.0.0.1") as broker:
         for round_no in range(args.rounds):
@@ -304,6 +324,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a run is waiting
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--viewers", type=int, default=50)

@@ -172,6 +172,7 @@
     $("r-posts-in").textContent = `${fmt(point.posts_in, 2)}/s`;
     $("r-events-out").textContent = `${fmt(point.events_out, 2)}/s`;
     $("r-dead-letters").textContent = `${fmt(point.dead_letters, 2)}/s`;
+    $("node-p95").textContent = `p95: ${nodeNames.map((n) => `${n} ${fmt(seconds((point.nodes[n] || {}).p95), 2)} s`).join(" · ")}`;
     $("c-e2e").textContent = point.e2e.p50 == null ? "–" : `${fmt(point.e2e.p50 / 1000, 1)} / ${fmt(point.e2e.p95 / 1000, 1)} s`;
   }
   function renderTrending(trending) {
