@@ -98,7 +98,10 @@ class ClusterWatcher:
             meta = committed.get(tp)
             position = meta.offset if meta is not None and meta.offset >= 0 else 0
             positions[str(tp.partition)] = position
-            lag[str(tp.partition)] = max(0, ends[tp] - position)
+            # The high watermark of the last fetch as well: some brokers (Tansu) answer ListOffsets(latest)
+            # with less than the records they hold once producers send multi-record batches.
+            end = max(ends.get(tp, 0), consumer.highwater(tp) or 0)
+            lag[str(tp.partition)] = max(0, end - position)
         self._update_processor(lag, positions, await self._members())
 
     def _update_processor(self, lag: dict[str, int], positions: dict[str, int], members: int | None) -> None:
