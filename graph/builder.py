@@ -35,7 +35,7 @@ Detach = Callable[[PostState, "asyncio.Task[PostState]", str], None]
 """``detach(state, task, node)``: take over a post whose ``node`` call (``task``) outlasted its batch."""
 
 STRAGGLER_GRACE_S = 0.05
-NODES = ("caption", "extract", "generate", "verify")
+NODES = ("caption", "extract", "generate", "verify", "classify")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,11 @@ def next_node(nodes: MikoNodes, after: str, state: PostState) -> str | None:
     if "failure" in state:
         return None
     if after == "verify":
-        return "generate" if nodes.route_after_verify(state) == "generate" else None
+        if nodes.route_after_verify(state) == "generate":
+            return "generate"
+        return "classify" if nodes.needs_classification(state) else None
+    if after == "classify":
+        return None
     return {"caption": "extract", "extract": "generate", "generate": "verify"}[after]
 
 
@@ -158,14 +162,25 @@ def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStat
         live = (state for state in batch["posts"] if _live(state))
         return "generate" if any(nodes.route_after_verify(state) == "generate" for state in live) else END
 
+    def route_to_classify(batch: BatchState) -> str:
+        live = [state for state in batch["posts"] if _live(state)]
+        return "classify" if any(nodes.needs_classification(state) for state in live) else route_after_verify(batch)
+
     builder = StateGraph(BatchState)
     builder.add_node("caption", BatchNode("caption", nodes.caption, needs_caption, retry).run_batch)
     builder.add_node("extract", BatchNode("extract", nodes.extract, always, retry).run_batch)
     builder.add_node("generate", BatchNode("generate", nodes.generate, has_pending, retry).run_batch)
     builder.add_node("verify", BatchNode("verify", nodes.verify, has_candidates, retry).run_batch)
-    builder.add_conditional_edges(START, route_start, list(NODES))
+    builder.add_conditional_edges(
+        START, route_start, [name for name in NODES if name != "classify" or deps.classifiers]
+    )
     builder.add_edge("caption", "extract")
     builder.add_edge("extract", "generate")
     builder.add_edge("generate", "verify")
-    builder.add_conditional_edges("verify", route_after_verify, ["generate", END])
+    if deps.classifiers:  # posts whose intentions are final are scored right away; the others go on generating
+        builder.add_node("classify", BatchNode("classify", nodes.classify, nodes.needs_classification, retry).run_batch)
+        builder.add_conditional_edges("verify", route_to_classify, ["classify", "generate", END])
+        builder.add_conditional_edges("classify", route_after_verify, ["generate", END])
+    else:
+        builder.add_conditional_edges("verify", route_after_verify, ["generate", END])
     return builder.compile()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: IntentionEvent.classifications (additive; 1.0 readers ignore it)
 
 
 class Relation(StrEnum):
@@ -133,6 +133,10 @@ class IntentionEvent(BaseModel):
     status: Literal["ok", "partial"] = "ok"
     parse_failures: int = 0
     warnings: list[str] = Field(default_factory=list, description="Stages that degraded (e.g. an unusable image).")
+    classifications: dict[str, float] = Field(
+        default_factory=dict,
+        description="Scores in [0, 1] of the students configured with MIKO_CLASSIFIERS, e.g. {'sarcasm': 0.93}.",
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def verified_intentions(self) -> list[Intention]:

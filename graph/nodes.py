@@ -6,8 +6,9 @@ post's share of a batched step: model calls from all posts of the batch meet in 
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +16,8 @@ import structlog
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from graph.classifiers.inputs import LabelledPost
+from graph.classifiers.serving import PostClassifier
 from graph.contracts import CaptionSource, Intention, KeyInfo, Relation
 from graph.images import ImageError, ImageLimits, load_image
 from graph.messages import as_data, render_messages
@@ -54,6 +57,7 @@ class GraphDeps:
     prompts: PromptSet
     captioner: Captioner | None = None
     config: GraphConfig = field(default_factory=GraphConfig)
+    classifiers: Mapping[str, PostClassifier] = field(default_factory=dict)  # name -> student (MIKO_CLASSIFIERS)
 
 
 class MikoNodes:
@@ -148,6 +152,24 @@ class MikoNodes:
             "candidates": [],
         }
 
+    async def classify(self, state: PostState) -> PostState:
+        """Every configured student's score for the post, from its text, caption and final intentions."""
+        post = state["post"]
+        intentions = tuple(
+            (item.relation.value, item.text)
+            for item in state.get("intentions", {}).values()
+            if item.text and not item.parse_failed
+        )
+        sample = LabelledPost(id=post.id, text=post.text, caption=state.get("caption"), intentions=intentions)
+        names = list(self.deps.classifiers)
+        scores = await asyncio.gather(*(self.deps.classifiers[name].score(sample) for name in names))
+        return {"classifications": {name: round(score, 6) for name, score in zip(names, scores, strict=True)}}
+
+    def needs_classification(self, state: PostState) -> bool:
+        """Students are configured, the post's intentions are final, and it has no scores yet."""
+        done = state.get("round", 0) > 0 and not state.get("candidates") and not state.get("pending")
+        return bool(self.deps.classifiers) and done and "classifications" not in state
+
     def route_after_verify(self, state: PostState) -> Literal["generate", "__end__"]:
         return "generate" if state.get("pending") else "__end__"
 
@@ -160,7 +182,7 @@ class MikoNodes:
         if "failure" in state:
             return True
         verified_once = state.get("round", 0) > 0 and not state.get("candidates")
-        return verified_once and self.route_after_verify(state) == "__end__"
+        return verified_once and self.route_after_verify(state) == "__end__" and not self.needs_classification(state)
 
     def _generate_messages(self, state: PostState, relation: Relation) -> list[BaseMessage]:
         earlier = state.get("rejected", {}).get(relation, [])

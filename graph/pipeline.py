@@ -192,6 +192,7 @@ class MikoPipeline:
             status="partial" if partial else "ok",
             parse_failures=state.get("parse_failures", 0),
             warnings=list(state.get("degraded", [])),
+            classifications=dict(state.get("classifications", {})),
         )
 
 

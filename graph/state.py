@@ -58,6 +58,7 @@ class PostState(TypedDict, total=False):
     degraded: list[str]
     parse_failures: int
     timings_ms: dict[str, float]
+    classifications: dict[str, float]  # student name -> score (the classify node, when students are configured)
     failure: NodeFailure  # set when the post failed; later nodes skip it
     detached: bool  # left this batch to go on alone (a straggler); later nodes of the batch skip it
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         "auto", description="Local models' weights: bf16, fp32, or auto (bf16 where the CPU has AVX-512 BF16/AMX)."
     )
     post_deadline_s: float = 600.0
+    classifiers: str = Field(
+        "", description="Students that score every event: name:FOLDER[,name:FOLDER], e.g. sarcasm:/models/sarcasm."
+    )
     graph_batch_size: int | None = Field(
         None,
         ge=1,

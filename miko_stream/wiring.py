@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graph.classifiers.serving import PostClassifier
 from graph.contracts import ModelInfo
 from graph.images import ImageLimits
+from graph.models.base import ModelSpecError
 from graph.models.registry import LLMConfig, build_chat_model, describe_llm
 from graph.models.spec import parse_llm_spec, without_credentials
 from graph.models.vision import build_captioner
@@ -69,12 +71,31 @@ def graph_batch_size(settings: Settings) -> int:
     return 64 if parse_llm_spec(settings.llm).kind in ("fake", "openai") else 8
 
 
+def classifiers(spec: str) -> dict[str, PostClassifier]:
+    """The students of ``MIKO_CLASSIFIERS`` (none by default); an unusable value is a ModelSpecError."""
+    if not spec.strip():
+        return {}
+    from graph.classifiers.model import StudentError  # torch: only when students are configured
+    from graph.classifiers.serving import ClassifierSpecError, load_classifiers
+
+    try:
+        return load_classifiers(spec)
+    except (ClassifierSpecError, StudentError) as error:
+        raise ModelSpecError(f"MIKO_CLASSIFIERS: {error}") from error
+
+
 def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPipeline:
     """The pipeline for ``settings``; raises ModelSpecError for an unusable --llm/--vision spec."""
     llm = build_chat_model(settings.llm, llm_config(settings))
     captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
     verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
-    deps = GraphDeps(llm=llm, prompts=load_prompts(), captioner=captioner, config=graph_config(settings, image_dir))
+    deps = GraphDeps(
+        llm=llm,
+        prompts=load_prompts(),
+        captioner=captioner,
+        config=graph_config(settings, image_dir),
+        classifiers=classifiers(settings.classifiers),
+    )
     models = ModelInfo(
         llm=without_credentials(describe_llm(llm)),
         vision=without_credentials(settings.vision),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from miko_stream.contracts import DeadLetter, DeadLetterStage, IntentionEvent, ModelInfo, Post
+from miko_stream.contracts import SCHEMA_VERSION, DeadLetter, DeadLetterStage, IntentionEvent, ModelInfo, Post
 from miko_stream.schemas import render_schemas
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
@@ -57,7 +57,7 @@ def test_event_round_trips() -> None:
         prompt_version="abc",
     )
     assert IntentionEvent.model_validate_json(event.model_dump_json()) == event
-    assert event.schema_version == "1.0"
+    assert event.schema_version == SCHEMA_VERSION == "1.1"
 
 
 def test_events_never_carry_credentials_from_model_specs() -> None:

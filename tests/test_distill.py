@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -198,3 +199,61 @@ def test_distill_refuses_bad_arguments_with_one_line(
         assert message in result.output
     result = runner.invoke(app, ["distill", "predict", "--model", str(tmp_path), str(held)])
     assert result.exit_code == 2 and "not a saved student" in result.output
+
+
+# -- the graph's classify option ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_student(encoder_dir: Path, toy_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    result = train_student(read_posts(toy_files[0]), fast_config(encoder_dir, epochs=1, inputs=InputSet.ALL))
+    folder = tmp_path_factory.mktemp("student") / "sarcasm"
+    result.student.save(folder, "# card\n")
+    return folder
+
+
+def test_graph_option_adds_batched_scores_from_the_saved_model(saved_student: Path) -> None:
+    from graph.contracts import ModelInfo, Post
+    from graph.models.fake import FakeChatModel
+    from graph.nodes import GraphDeps
+    from graph.pipeline import MikoPipeline
+    from miko_stream.settings import Settings
+    from miko_stream.wiring import classifiers
+    from prompts import load_prompts
+
+    students = classifiers(Settings(classifiers=f"sarcasm:{saved_student}").classifiers)
+    deps = GraphDeps(llm=FakeChatModel(), prompts=load_prompts(), classifiers=students)
+    pipe = MikoPipeline(deps, models=ModelInfo(llm="fake", vision="none", verifier="llm:fake"), batch_size=4)
+    posts = [Post(id=f"g{i}", text=row["text"], caption=row["caption"]) for i, row in enumerate(toy_posts(10))]
+
+    async def all_posts() -> list:
+        return await asyncio.gather(*(pipe.process(post) for post in posts))
+
+    events = asyncio.run(all_posts())
+    reference = SarcasmStudent.load(saved_student)
+    for post, event in zip(posts, events, strict=True):
+        sample = LabelledPost(
+            id=post.id,
+            text=post.text,
+            caption=event.caption,
+            intentions=tuple((i.relation.value, i.text) for i in event.intentions if i.text),
+        )
+        assert set(event.classifications) == {"sarcasm"}
+        assert event.classifications["sarcasm"] == pytest.approx(reference.score([sample])[0], abs=0.02)
+        assert "classify" in event.timings_ms
+    batched = students["sarcasm"]
+    assert batched.scored == len(posts) and batched.passes < len(posts)  # posts in flight share forward passes
+
+    plain = MikoPipeline(GraphDeps(llm=FakeChatModel(), prompts=load_prompts()), models=pipe.info.models)
+    assert asyncio.run(plain.process(posts[0])).classifications == {}  # off by default
+
+
+def test_unusable_classifier_setting_is_a_model_spec_error(tmp_path: Path) -> None:
+    from graph.models.base import ModelSpecError
+    from miko_stream.wiring import classifiers
+
+    with pytest.raises(ModelSpecError, match="expected name:FOLDER"):
+        classifiers("sarcasm")
+    with pytest.raises(ModelSpecError, match="not a saved student"):
+        classifiers(f"sarcasm:{tmp_path}")
+    assert classifiers("") == {}
