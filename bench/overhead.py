@@ -5,7 +5,8 @@ Three workers consume the same posts on the same broker, one after the other, ea
 * ``pass-through``: bare aiokafka, consume -> produce the same bytes, commit per batch (the ceiling);
 * ``stream runtime``: consumers.stream.StreamProcessor with a processor that does nothing (what the Kafka
   layer costs: decoding, bookkeeping, acks, commits);
-* ``miko-stream run``: the real CLI with ``--llm fake`` (the whole graph, with a model that answers at once).
+* ``miko-stream run``: the real CLI with ``--llm fake`` (the whole graph, with a model that answers at once);
+* with ``--classifier sarcasm:DIR``, the same run with ``MIKO_CLASSIFIERS`` set: what scoring each event costs.
 
 For each, a warm-up post goes through first (so start-up and the group join are not timed); then the clock
 runs from the first of ``--posts`` posts produced to the last output consumed by an independent consumer.
@@ -151,7 +152,9 @@ def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> 
     return Worker(process.start, stop)
 
 
-def start_cli_worker(config: KafkaConfig, llm: str, max_in_flight: int, log: Path) -> Worker:
+def start_cli_worker(
+    config: KafkaConfig, llm: str, max_in_flight: int, log: Path, extra_env: dict[str, str] | None = None
+) -> Worker:
     command = [
         sys.executable, "-m", "miko_stream", "--log-level", "WARNING", "run",
         "--bootstrap", config.bootstrap, "--llm", llm, "--vision", "none",
@@ -159,7 +162,7 @@ def start_cli_worker(config: KafkaConfig, llm: str, max_in_flight: int, log: Pat
         "--dlq-topic", config.dlq_topic, "--group-id", config.group_id,
         "--max-in-flight", str(max_in_flight), "--no-create-topics",
     ]  # fmt: skip
-    env = {**os.environ, "MIKO_KAFKA_IDEMPOTENCE": "off", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MIKO_KAFKA_IDEMPOTENCE": "off", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     output = log.open("ab")
     holder: list[subprocess.Popen[bytes]] = []
 
@@ -249,6 +252,15 @@ async def main(args: argparse.Namespace) -> None:
             f"miko-stream run --llm {args.llm}", cli_config,
             lambda: start_cli_worker(cli_config, args.llm, inflight, log), posts, args.timeout,
         )  # fmt: skip
+        if args.classifier:
+            classified_config = config()
+            student = {"MIKO_CLASSIFIERS": args.classifier}
+            classified = await measure(
+                f"... + MIKO_CLASSIFIERS={args.classifier.split(':')[0]}", classified_config,
+                lambda: start_cli_worker(classified_config, args.llm, inflight, log, student), posts, args.timeout,
+            )  # fmt: skip
+            cost_ms = 1000 * (classified.seconds / classified.posts - full.seconds / full.posts)
+            print(f"classify: {cost_ms:.2f} ms per post ({classified.per_s / full.per_s:.3f} of the rate without)")
     print(f"stream runtime / pass-through: {runtime.per_s / base.per_s:.3f}")
     print(f"end to end / pass-through:     {full.per_s / base.per_s:.3f}")
     target = "meets" if full.per_s >= 500 else "misses"
@@ -262,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default="fake", help="Model spec for the CLI run (default: fake, no delay).")
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--classifier", help="name:DIR of a saved student: also time the run with MIKO_CLASSIFIERS (its cost per post)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="Seconds per measurement before giving up.")
     return parser.parse_args(argv)
 
