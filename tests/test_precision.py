@@ -87,6 +87,29 @@ def test_bf16_engines_score_like_fp32(runtime: str, tiny_model_dir: Path) -> Non
         assert yes_probability(rounded, turns) == pytest.approx(yes_probability(exact, turns), abs=0.05)
 
 
+@pytest.mark.usefixtures("fresh_local_engines")
+@pytest.mark.parametrize("runtime", ["native", "transformers"])
+async def test_bf16_generation_runs_through_slots_and_sampling(
+    runtime: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from graph.models.registry import LLMConfig, build_chat_model
+
+    config = LLMConfig(cache_dir=tmp_path, local_runtime=runtime, local_dtype="bf16", max_batch_size=2)  # type: ignore[arg-type]
+    model = build_chat_model(f"hf:{tiny_model_dir}", config)
+    chats = [[HumanMessage(f"Post: {p}"), AIMessage("The user")] for p in ("race", "happy friends", "marathon race")]
+    replies = await asyncio.gather(
+        *(model.ainvoke(c, max_tokens=6) for c in chats), model.ainvoke(chats[0], max_tokens=6, temperature=0.9)
+    )
+    assert model.handle.engine.precision == "bf16"  # type: ignore[attr-defined]
+    assert all(r.usage_metadata["output_tokens"] >= 1 for r in replies)
+    again = await model.ainvoke(chats[0], max_tokens=6)  # greedy: the same whether batched or alone
+    assert again.content == replies[0].content
+
+
 REAL_POSTS = [
     (
         "just finished my first marathon!!! legs are dead but so happy #running",
