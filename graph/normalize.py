@@ -20,6 +20,8 @@ from functools import cache, lru_cache
 import emoji
 from wordsegment import Segmenter
 
+from graph.segment import FastSegmenter
+
 USER = "@user"
 LINK = "(link)"
 EMOJI = "(emoji)"
@@ -137,18 +139,27 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 _segmenter_lock = threading.Lock()
 _loaded_segmenter: Segmenter | None = None
+_loaded_fast_segmenter: FastSegmenter | None = None
 
 
 def _segmenter() -> Segmenter:
     """wordsegment's unigram/bigram tables (~1 s to load): loaded once, on first use, thread-safely."""
-    global _loaded_segmenter
+    global _loaded_segmenter, _loaded_fast_segmenter
     if _loaded_segmenter is None:
         with _segmenter_lock:
             if _loaded_segmenter is None:
                 segmenter = Segmenter()
                 segmenter.load()
+                _loaded_fast_segmenter = FastSegmenter(segmenter)
                 _loaded_segmenter = segmenter
     return _loaded_segmenter
+
+
+def _fast_segmenter() -> FastSegmenter:
+    """wordsegment's search on the same tables, ~3x faster (graph/segment.py)."""
+    _segmenter()
+    assert _loaded_fast_segmenter is not None
+    return _loaded_fast_segmenter
 
 
 @cache
@@ -181,7 +192,7 @@ def segment_hashtag(tag: str) -> str:
             if piece.isupper() and len(piece) <= 5:
                 words.append(piece.lower())  # acronyms (NYC, MAGA): segmenting them invents words
             else:
-                words.extend(_segmenter().segment(piece) or [piece.lower()])
+                words.extend(_fast_segmenter().segment(piece) or [piece.lower()])
     return " ".join(words)
 
 

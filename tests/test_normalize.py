@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from graph.normalize import content_keywords, is_common_word, normalize_text, segment_hashtag
@@ -173,3 +175,18 @@ def test_content_keywords_drop_markers_emoji_and_handles() -> None:
 def test_content_keywords_of_empty_or_stopword_text() -> None:
     assert content_keywords("") == []
     assert content_keywords("it is what it is") == []
+
+
+def test_fast_segmenter_splits_exactly_as_wordsegment() -> None:
+    from graph.normalize import _fast_segmenter, _segmenter
+
+    rng = random.Random(5)
+    texts = ["nashvillesnow", "mymostepsup", "noreligion", "throwbackthursday", "ofthe" * 12, "a" * 60, "x", ""]
+    texts += ["itsmondayagainandiamsotiredofthisweather", "bestdayever2018", "3daysleft", "zzzqqqxyz"]
+    texts.append("thecatsatonthemat" * 16)  # over 250 letters: segmented in chunks
+    texts += [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123 ") for _ in range(rng.randint(1, 40))) for _ in range(60)
+    ]
+    reference, fast = _segmenter(), _fast_segmenter()
+    for text in texts:
+        assert fast.segment(text) == reference.segment(text), text
