@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
@@ -15,8 +16,12 @@ _CONTROL = re.compile(
 )
 
 
+@lru_cache(maxsize=8192)
 def as_data(text: str, max_chars: int = 4000) -> str:
-    """Post-derived text made safe to embed in a prompt: control tokens removed, length capped."""
+    """Post-derived text made safe to embed in a prompt: control tokens removed, length capped.
+
+    Cached: a post's text, caption and key information go into ten or more prompts each.
+    """
     clean = _CONTROL.sub(" ", text).strip()
     if len(clean) <= max_chars:
         return clean
@@ -30,5 +35,11 @@ def render_messages(template: PromptTemplate, **values: str) -> list[BaseMessage
     for role, text in template.render(**values):
         if role == "assistant" and not text:
             continue
-        messages.append(_ROLE_TO_MESSAGE[role](content=text))
+        messages.append(_message(role, text) if role != "user" else HumanMessage(content=text))
     return messages
+
+
+@lru_cache(maxsize=1024)
+def _message(role: str, text: str) -> BaseMessage:
+    """System messages and prefills repeat for every post (one object each; messages are never modified)."""
+    return _ROLE_TO_MESSAGE[role](content=text)

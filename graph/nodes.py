@@ -21,7 +21,7 @@ from graph.classifiers.serving import PostClassifier
 from graph.contracts import CaptionSource, Intention, KeyInfo, Relation
 from graph.images import ImageError, ImageLimits, load_image
 from graph.messages import as_data, render_messages
-from graph.models.base import Captioner, YesNoScorer, complete
+from graph.models.base import Captioner, complete, is_yes_no_scorer
 from graph.normalize import content_keywords, normalize_text
 from graph.parsing import clean_completion, full_sentence, parse_key_info, parse_yes_no
 from graph.state import Candidate, PostState
@@ -198,8 +198,8 @@ class MikoNodes:
             return [heuristic_score(state, c) for c in candidates]
         conversations = [self._verify_messages(state, c) for c in candidates]
         scores: list[float | None] = [None] * len(candidates)
-        if isinstance(self.deps.llm, YesNoScorer):
-            scores = await self.deps.llm.ayes_probability(conversations)
+        if is_yes_no_scorer(self.deps.llm):
+            scores = await self.deps.llm.ayes_probability(conversations)  # type: ignore[attr-defined]
         missing = [i for i, score in enumerate(scores) if score is None]
         if missing:
             answers = await complete(self.deps.llm, [conversations[i] for i in missing], max_tokens=3)

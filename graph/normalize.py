@@ -197,6 +197,9 @@ def segment_hashtag(tag: str) -> str:
 
 
 def _replace_unicode_emoji(text: str) -> str:
+    if text.isascii():  # every emoji has a non-ASCII code point; most tweets have none
+        return text
+
     def name(chars: str, data: dict[str, str]) -> str:
         return f" ({_emoji_words(data['en'])}) "
 

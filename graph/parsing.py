@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 from graph.contracts import KeyInfo
 from graph.normalize import is_common_word
@@ -33,11 +34,13 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*")
 _QUOTES = "\"'“”‘’`«»"
 _CLOSING_QUOTE = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
+_OPENERS = frozenset(_QUOTES) | _PAIRS.keys()
 _SENTENCE_END = re.compile(
     r"(?<!\b[A-Z])(?<!\b[eE]\.g)(?<!\b[iI]\.e)(?<!\betc)(?<!\b(?:vs|Mr|Ms|Dr|St|mr|ms|dr|st))[.!?]+(?=\s|$)"
     r"|\s+-{1,2}\s+|;"
 )
 _WORD = re.compile(r"[\w'-]+")
+_SPACE_RUN = re.compile(r"\s+")
 _ALPHA = re.compile(r"[^\W\d_]")
 _PLACEHOLDER = re.compile(r"^\s*(?:<[^>]*>|\[[^\]]*\]|\.{2,}|…|n/?a|none|null|nothing|unknown|tbd|-+)\s*$", re.I)
 _REFUSAL = re.compile(
@@ -101,7 +104,15 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+@lru_cache(maxsize=64)
+def _stem_words(stem: str) -> list[str]:
+    """A relation stem's words (ten stems, asked for on every completion; callers do not modify the list)."""
+    return _words(stem)
+
+
+@lru_cache(maxsize=4096)
 def _comparable(text: str) -> str:
+    """Cached: a post's accepted completions are compared with each of its later ones."""
     return " ".join(_words(text))
 
 
@@ -120,6 +131,8 @@ def _strip_wrapping(text: str) -> str:
     while previous != text:
         previous = text
         text = text.strip()
+        if text[:1] not in _OPENERS and text[-1:] not in _QUOTES:
+            break  # nothing any branch below would remove
         odd_quotes = sum(text.count(quote) for quote in _QUOTES) % 2 == 1
         if len(text) > 1 and text[0] in _CLOSING_QUOTE and text[-1] == _CLOSING_QUOTE[text[0]]:
             closing = re.escape(text[-1])
@@ -151,7 +164,7 @@ def _clean_line(line: str) -> str:
 
 def _strip_echo(text: str, stem: str) -> str:
     """Remove the stem (or its tail, or its head) when the model repeated it before its completion."""
-    stem_words = _words(stem)
+    stem_words = _stem_words(stem)
     if not stem_words:
         return text
     tokens = list(_WORD.finditer(text))
@@ -263,7 +276,7 @@ def is_duplicate(text: str, previous: Sequence[str]) -> bool:
 
 def _as_written(text: str) -> str:
     """What counts as unchanged: spacing, a final period and the first letter's case do not."""
-    text = re.sub(r"\s+", " ", text).strip().rstrip(".!")
+    text = _SPACE_RUN.sub(" ", text).strip().rstrip(".!")
     return text[:1].lower() + text[1:]
 
 
@@ -288,7 +301,7 @@ def clean_completion(raw: str, stem: str, *, previous: Sequence[str] = (), trunc
     sentence = _clean_line(_strip_echo(sentence, stem).lstrip(" ,:;.-–…"))
     sentence, capped = _cap_words(sentence)
     sentence = _trim_dangling(sentence, cut_short or capped)
-    sentence = re.sub(r"\s+", " ", _strip_wrapping(sentence.rstrip(".,;:!?… "))).strip()
+    sentence = _SPACE_RUN.sub(" ", _strip_wrapping(sentence.rstrip(".,;:!?… "))).strip()
     sentence = _lowercase_start(sentence)
     usable = bool(_ALPHA.search(sentence)) and not _PLACEHOLDER.match(sentence)
     failed = not usable or bool(_REFUSAL.match(sentence)) or is_duplicate(sentence, previous)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -62,35 +63,55 @@ def _text(message: BaseMessage) -> str:
 
 
 def prompt_kind(messages: Sequence[BaseMessage]) -> PromptKind:
-    """Which of the project's prompts this conversation is, from its wording."""
+    """Which of the project's prompts this conversation is, from its wording (the system message decides when
+    it can: post text is data and must not change the kind)."""
+    system = "\n".join(_text(m) for m in messages if isinstance(m, SystemMessage))
+    kind = _kind_of_system(system)
+    if kind != "other":
+        return kind
     everything = "\n".join(_text(m) for m in messages).lower()
-    system = "\n".join(_text(m) for m in messages if isinstance(m, SystemMessage)).lower()
     if "answer yes or no" in everything:
         return "verify"
     if "complete the sentence" in everything or _stem_of(messages) is not None:
         return "generate"
-    if "key information" in system and "five lines" in system:
+    return "other"
+
+
+@lru_cache(maxsize=64)
+def _kind_of_system(system: str) -> PromptKind:
+    lowered = system.lower()
+    if "answer yes or no" in lowered:
+        return "verify"
+    if "complete the sentence" in lowered:
+        return "generate"
+    if "key information" in lowered and "five lines" in lowered:
         return "extract"
     return "other"
 
 
 def _stem_of(messages: Sequence[BaseMessage]) -> str | None:
     """The relation stem the conversation asks to complete (trailing prefill or a ``Complete:`` line)."""
-    candidates = []
     if messages and isinstance(messages[-1], AIMessage):
-        candidates.append(_text(messages[-1]).strip())
-    candidates += [
-        line[len("Complete:") :].strip(" .")
-        for m in messages
-        for line in _text(m).splitlines()
-        if line.startswith("Complete:")
-    ]
-    stems = [relation.stem for relation in load_prompts().relations]
-    for candidate in candidates:
-        for stem in sorted(stems, key=len, reverse=True):
-            if candidate.startswith(stem):
+        stem = _stem_starting(_text(messages[-1]).strip())
+        if stem is not None:
+            return stem
+    for message in messages:
+        for line in _text(message).splitlines():
+            if line.startswith("Complete:") and (stem := _stem_starting(line[len("Complete:") :].strip(" ."))):
                 return stem
     return None
+
+
+def _stem_starting(candidate: str) -> str | None:
+    for stem in _stems_longest_first():
+        if candidate.startswith(stem):
+            return stem
+    return None
+
+
+@lru_cache(maxsize=1)
+def _stems_longest_first() -> tuple[str, ...]:
+    return tuple(sorted((relation.stem for relation in load_prompts().relations), key=len, reverse=True))
 
 
 def _post_text(messages: Sequence[BaseMessage]) -> str:
@@ -130,10 +151,12 @@ def _extract(post: str) -> str:
 
 
 def _relation_of(stem: str | None) -> str | None:
-    for relation in load_prompts().relations:
-        if relation.stem == stem:
-            return relation.name
-    return None
+    return _relation_by_stem().get(stem) if stem is not None else None
+
+
+@lru_cache(maxsize=1)
+def _relation_by_stem() -> dict[str, str]:
+    return {relation.stem: relation.name for relation in load_prompts().relations}
 
 
 def _generate(messages: Sequence[BaseMessage]) -> str:
