@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from functools import lru_cache
 
@@ -268,10 +269,17 @@ def is_duplicate(text: str, previous: Sequence[str]) -> bool:
         total = len(mine) + len(theirs)
         if not total or 2 * min(len(mine), len(theirs)) / total < _DUPLICATE_RATIO:
             continue
-        matcher = SequenceMatcher(None, mine, theirs, autojunk=False)
-        if matcher.quick_ratio() >= _DUPLICATE_RATIO and matcher.ratio() >= _DUPLICATE_RATIO:
+        shared = sum((_letter_counts(mine) & _letter_counts(theirs)).values())  # difflib's quick_ratio
+        if 2 * shared / total < _DUPLICATE_RATIO:
+            continue
+        if SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= _DUPLICATE_RATIO:
             return True
     return False
+
+
+@lru_cache(maxsize=4096)
+def _letter_counts(text: str) -> Counter[str]:
+    return Counter(text)
 
 
 def _as_written(text: str) -> str:
@@ -287,8 +295,17 @@ def clean_completion(raw: str, stem: str, *, previous: Sequence[str] = (), trunc
     ``truncated`` says the generation hit its token limit (finish reason "length"), so the last word may be
     a fragment; a text that had to be capped at :data:`MAX_COMPLETION_WORDS` is treated the same way.
     """
+    cleaned = _clean_alone(raw or "", stem, truncated)
+    if cleaned.failed or not is_duplicate(cleaned.text, previous):
+        return cleaned
+    return replace(cleaned, failed=True)
+
+
+@lru_cache(maxsize=8192)
+def _clean_alone(raw: str, stem: str, truncated: bool) -> Cleaned:
+    """:func:`clean_completion` without the duplicate check (cached: small models repeat themselves)."""
     chosen = ""
-    for line in _strip_chat_junk(raw or "").splitlines():
+    for line in _strip_chat_junk(raw).splitlines():
         if _ROLE_LINE.match(line) or _PLACEHOLDER.match(line):
             continue
         candidate = _clean_line(_strip_echo(_clean_line(line), stem).lstrip(" ,:;.-–…"))
@@ -304,11 +321,10 @@ def clean_completion(raw: str, stem: str, *, previous: Sequence[str] = (), trunc
     sentence = _SPACE_RUN.sub(" ", _strip_wrapping(sentence.rstrip(".,;:!?… "))).strip()
     sentence = _lowercase_start(sentence)
     usable = bool(_ALPHA.search(sentence)) and not _PLACEHOLDER.match(sentence)
-    failed = not usable or bool(_REFUSAL.match(sentence)) or is_duplicate(sentence, previous)
     return Cleaned(
         text=sentence if usable else "",
-        repaired=_as_written(sentence) != _as_written(_strip_chat_junk(raw or "")),
-        failed=failed,
+        repaired=_as_written(sentence) != _as_written(_strip_chat_junk(raw)),
+        failed=not usable or bool(_REFUSAL.match(sentence)),
     )
 
 
