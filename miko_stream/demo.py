@@ -68,7 +68,9 @@ async def run_demo(settings: Settings, options: DemoOptions, say: Callable[[str]
         say(f"broker: Tansu on {broker.bootstrap} (in memory)")
         await ensure_topics(kafka, [kafka.posts_topic, kafka.intentions_topic, kafka.dlq_topic])
         index = IntentionIndex.open(
-            IndexSettings(settings.index_dir, VectorIndexConfig()), load_embedder(settings.embedding_model), writer=True
+            IndexSettings(settings.index_dir, VectorIndexConfig()),
+            load_embedder(settings.embedding_model, dtype=settings.embedding_dtype),
+            writer=True,
         )
         indexer = Indexer(index, kafka, IndexerConfig(batch_size=16, snapshot_interval_s=5.0))
         api_key = settings.api_key.get_secret_value() if settings.api_key else None

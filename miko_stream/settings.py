@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # index and API
     index_dir: Path = Path("miko-index")
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Embedding model precision: auto = bf16 where the CPU has bf16 matrix instructions."
+    )
     api_key: SecretStr | None = None
 
     def kafka(self) -> KafkaConfig:

@@ -69,8 +69,8 @@ def test_bundled_model_is_found_offline_and_normalises(minilm: SentenceTransform
     assert Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), "model.safetensors").is_file()
     assert resolve_model("/some/other/model") == "/some/other/model"
     assert minilm.name == DEFAULT_MODEL and minilm.dim == 384
-    vectors = minilm.encode(["a dog", "a cat", ""] * 30)  # more than one chunk
-    assert vectors.shape == (90, 384) and vectors.dtype == np.float32
+    vectors = minilm.encode(["a dog", "a cat", ""] * 50)  # more than one chunk
+    assert vectors.shape == (150, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert minilm.encode([]).shape == (0, 384)
 
@@ -83,3 +83,15 @@ def test_hashing_embedder_is_deterministic_and_lexical() -> None:
     assert not empty.any()
     with pytest.raises(EmbeddingModelError, match="hash:DIM"):
         load_embedder("hash:big")
+
+
+def test_bf16_embeddings_match_fp32(minilm: SentenceTransformerEmbedder) -> None:
+    """The bf16 model (default where the CPU supports it) against float32: same vectors within rounding."""
+    texts = [text for _, items in POSTS.values() for text in items.values()] + [query for query, _, _ in QUERIES]
+    fp32 = SentenceTransformerEmbedder(DEFAULT_MODEL, dtype="fp32")
+    bf16 = SentenceTransformerEmbedder(DEFAULT_MODEL, dtype="bf16")
+    assert (fp32.dtype, bf16.dtype) == ("fp32", "bf16")
+    exact, rounded = fp32.encode(texts), bf16.encode(texts)
+    assert rounded.dtype == np.float32
+    assert float(np.min(np.sum(exact * rounded, axis=1))) > 0.995
+    assert (np.argsort(-(exact @ exact.T), axis=1)[:, :3] == np.argsort(-(rounded @ rounded.T), axis=1)[:, :3]).all()

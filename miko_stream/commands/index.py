@@ -66,12 +66,13 @@ def _kafka(settings: Settings, group_id: str) -> KafkaConfig:
     return settings.kafka().model_copy(update={"indexer_group_id": group_id})
 
 
-def _embedder(spec: str) -> Embedder:
+def _embedder(settings: Settings) -> Embedder:
     from index.embeddings import EmbeddingModelError, load_embedder
 
+    spec = settings.embedding_model
     with err_console.status(f"loading embedding model {spec}"):
         try:
-            return load_embedder(spec)
+            return load_embedder(spec, dtype=settings.embedding_dtype)
         except EmbeddingModelError as error:
             fail(str(error))
 
@@ -84,7 +85,7 @@ def _open_index(
     from index.store import IndexMismatchError
     from index.vectors import VectorIndexConfig
 
-    embedder = _embedder(settings.embedding_model)
+    embedder = _embedder(settings)
     config = IndexSettings(settings.index_dir, VectorIndexConfig(kind=kind.value if kind else None))
     try:
         if fresh:
