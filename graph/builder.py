@@ -70,16 +70,17 @@ class BatchNode:
     async def run_one(self, state: PostState) -> PostState:
         """One post's update, with its retries, within its deadline; a failure becomes ``failure``."""
         started = time.perf_counter()
-        post_id, trace_id = state["post"].id, state.get("trace_id", "")
-        with structlog.contextvars.bound_contextvars(post_id=post_id, trace_id=trace_id):
-            deadline = asyncio.timeout_at(state.get("deadline"))
-            try:
-                async with deadline:
-                    update = await self._attempts(state)
-            except TimeoutError as error:
-                if not deadline.expired():
-                    raise
-                update = {"failure": NodeFailure(self.name, error, attempts=1, deadline=True)}
+        bound = structlog.contextvars.bind_contextvars(post_id=state["post"].id, trace_id=state.get("trace_id", ""))
+        deadline = asyncio.timeout_at(state.get("deadline"))
+        try:
+            async with deadline:
+                update = await self._attempts(state)
+        except TimeoutError as error:
+            if not deadline.expired():
+                raise
+            update = {"failure": NodeFailure(self.name, error, attempts=1, deadline=True)}
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
         update["timings_ms"] = {self.name: round((time.perf_counter() - started) * 1000, 3)}
         return update
 
@@ -153,12 +154,13 @@ def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStat
     def always(state: PostState) -> bool:
         return True
 
-    def route_start(batch: BatchState) -> str:
+    # Routes are coroutines: LangGraph runs a plain function in a worker thread, one hop per step.
+    async def route_start(batch: BatchState) -> str:
         if batch.get("resume"):
             return batch["resume"]
         return "caption" if any(needs_caption(state) for state in batch["posts"]) else "extract"
 
-    def route_after_verify(batch: BatchState) -> str:
+    async def route_after_verify(batch: BatchState) -> str:
         live = (state for state in batch["posts"] if _live(state))
         return "generate" if any(nodes.route_after_verify(state) == "generate" for state in live) else END
 

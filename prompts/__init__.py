@@ -32,7 +32,10 @@ class PromptMessage:
     template: str
 
     def render(self, **values: str) -> str:
-        return self.template.format_map(_SafeValues(values))
+        return self.fill(_SafeValues(values))
+
+    def fill(self, values: _SafeValues) -> str:
+        return self.template.format_map(values) if "{" in self.template else self.template
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class PromptTemplate:
 
     def render(self, **values: str) -> list[tuple[str, str]]:
         """(role, text) pairs with the placeholders filled in."""
-        return [(message.role, message.render(**values)) for message in self.messages]
+        safe = _SafeValues(values)
+        return [(message.role, message.fill(safe)) for message in self.messages]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from graph.models.base import Reply
 from graph.models.spec import CallOptions, call_options
@@ -49,6 +50,7 @@ _COMPLETIONS: dict[str, tuple[str, ...]] = {
     "xNeed": ("experience {topic}", "take a photo of {topic}", "think about {topic}"),
     "Open": ("they wanted to talk about {topic}", "{topic} mattered to them", "they enjoyed {topic}"),
 }
+_PIECE = re.compile(r"\s*\S+")
 _GENERIC_COMPLETIONS = ("talk about {topic}", "share {topic}", "enjoy {topic}")
 
 
@@ -122,22 +124,24 @@ def _post_text(messages: Sequence[BaseMessage]) -> str:
     return _text(messages[-1]) if messages else ""
 
 
-def _words(text: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _words(text: str) -> tuple[str, ...]:
+    """Content words in order of appearance (cached: a post's text is in every prompt of the post)."""
     seen: list[str] = []
     for word in re.findall(r"[a-z][a-z']+", text.lower()):
         if word not in _STOPWORDS and word not in seen and len(word) > 2:
             seen.append(word)
-    return seen
+    return tuple(seen)
 
 
-def _topic(words: list[str], salt: int) -> str:
+def _topic(words: Sequence[str], salt: int) -> str:
     if not words:
         return "this moment"
     return words[salt % len(words)]
 
 
 def _extract(post: str) -> str:
-    words = _words(post) or ["everyday", "life", "moment"]
+    words = _words(post) or ("everyday", "life", "moment")
     h = stable_hash("extract", post)
     pick = lambda i: words[(h + i) % len(words)]  # noqa: E731
     keywords = ", ".join(words[:5] if len(words) >= 3 else [*words, "post", "social"][:3])
@@ -196,10 +200,17 @@ def apply_call_options(text: str, options: CallOptions) -> tuple[str, str]:
     cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0), default=-1)
     if cut >= 0:
         return text[:cut], "stop"
-    pieces = re.findall(r"\s*\S+", text)
+    pieces = _PIECE.findall(text)
     if len(pieces) > options.max_new_tokens:
         return "".join(pieces[: options.max_new_tokens]), "length"
     return text, "stop"
+
+
+@dataclass
+class _CallState:
+    pending: deque[BaseException]
+    calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class FakeChatModel(BaseChatModel):
@@ -214,12 +225,9 @@ class FakeChatModel(BaseChatModel):
     errors: list[BaseException] = Field(default_factory=list, exclude=True)
     """Raised in order by the first calls, one per call (test hook for retry policies)."""
 
-    _pending: deque[BaseException] = PrivateAttr(default_factory=deque)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _calls: int = PrivateAttr(default=0)
-
     def model_post_init(self, context: Any, /) -> None:
-        self._pending = deque(self.errors)
+        # A plain attribute, not a pydantic private one: those cost ~7 us per access, more than a fake answer.
+        object.__setattr__(self, "call_state", _CallState(deque(self.errors)))
 
     @property
     def _llm_type(self) -> str:
@@ -232,21 +240,24 @@ class FakeChatModel(BaseChatModel):
     @property
     def calls(self) -> int:
         """How many generation or scoring calls were made (errors included)."""
-        return self._calls
+        return self.call_state.calls
 
     def _next_error(self) -> BaseException | None:
-        with self._lock:
-            self._calls += 1
-            return self._pending.popleft() if self._pending else None
+        state: _CallState = self.call_state
+        with state.lock:
+            state.calls += 1
+            return state.pending.popleft() if state.pending else None
 
-    def _reply(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> Reply:
-        options = call_options(stop, kwargs, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> CallOptions:
+        return call_options(stop, kwargs, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+
+    def _reply(self, messages: Sequence[BaseMessage], options: CallOptions) -> Reply:
         raw = self.script(list(messages)) if self.script is not None else scripted_output(messages)
         text, finish = apply_call_options(raw, options)
         return Reply(text, finish)
 
     def _answer(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatResult:
-        reply = self._reply(messages, stop, kwargs)
+        reply = self._reply(messages, self._options(stop, kwargs))
         prompt_words = sum(len(_text(m).split()) for m in messages)
         usage = {
             "input_tokens": prompt_words,
@@ -268,7 +279,8 @@ class FakeChatModel(BaseChatModel):
             await asyncio.sleep(self.latency_ms / 1000)
         if (error := self._next_error()) is not None:
             raise error
-        return [self._reply(conversation, stop, kwargs) for conversation in conversations]
+        options = self._options(stop, kwargs)
+        return [self._reply(conversation, options) for conversation in conversations]
 
     def _generate(
         self,
