@@ -120,6 +120,8 @@ def run(
     from miko_stream.metrics import ObservedPipeline, ProcessorMetrics
     from miko_stream.wiring import build_pipeline
 
+    # Until the processor runs (imports, model loading), a SIGTERM has nothing to drain: exit 0 at once.
+    signal.signal(signal.SIGTERM, _exit_before_start)
     settings = load_settings(
         kafka_bootstrap=bootstrap,
         llm=llm,
@@ -160,6 +162,10 @@ def run(
         fail(f"{error}; offsets are committed up to the last completed post, a restart resumes there", code=1)
     except StreamFailed as error:
         fail(f"{error}; restart to resume from the last commit", code=1)
+
+
+def _exit_before_start(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _run_until_signal(stream: StreamProcessor, pipeline: MikoPipeline) -> None:
