@@ -134,9 +134,9 @@ class _SamplePrinter:
             verified = [item for item in event.get("intentions", []) if item.get("verified")]
             for item in sorted(verified, key=lambda item: -(item.get("score") or 0))[:3]:
                 self.say(f"      {item['relation']:<8} {item['text']}  ({item.get('score') or 0:.2f})")
-            rejected = len(event.get("intentions", [])) - len(verified)
-            if rejected:
-                self.say(f"      … and {len(verified) - min(3, len(verified))} more verified, {rejected} rejected")
+            rejected, more = len(event.get("intentions", [])) - len(verified), max(0, len(verified) - 3)
+            if rejected or more:
+                self.say(f"      … and {more} more verified, {rejected} rejected")
 
 
 def _show_example(indexer: Indexer, say: Callable[[str], None], query: str = "wants to sell something") -> None:
