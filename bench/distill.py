@@ -103,6 +103,8 @@ def delta(a: Sequence[float], b: Sequence[float]) -> str:
     (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
     if math.isnan(mean_a) or math.isnan(mean_b):
         return "n/a"
+    if min(len(a), len(b)) < 2:
+        return f"{mean_a - mean_b:+.4f}? (fewer than 2 seeds: no noise estimate)"
     noise = 2 * math.sqrt(std_a**2 / max(len(a), 1) + std_b**2 / max(len(b), 1))
     diff = mean_a - mean_b
     return f"{diff:+.4f}{'*' if abs(diff) > noise else ' '} (noise {noise:.4f})"
@@ -122,7 +124,7 @@ def print_table(runs: list[dict], floors: dict[str, dict[str, float]]) -> None:
     for inputs, metrics in sorted(floors.items()):
         shown = " | ".join(f"{metrics[name]:.4f}" for name in METRICS)
         print(f"| {inputs} | floor: logistic regression on frozen features | - | {shown} | - |")
-    print("\ndeltas (mean difference; * = beyond seed noise, |Δ| > 2·SE of the difference)")
+    print("\ndeltas (mean difference; * = beyond seed noise, |Δ| > 2·SE of the difference; ? = too few seeds)")
     for (inputs, aux), group in sorted(cells.items()):
         if aux != "none" and (inputs, "none") in cells:
             base = cells[(inputs, "none")]

@@ -257,3 +257,39 @@ def test_unusable_classifier_setting_is_a_model_spec_error(tmp_path: Path) -> No
     with pytest.raises(ModelSpecError, match="not a saved student"):
         classifiers(f"sarcasm:{tmp_path}")
     assert classifiers("") == {}
+
+
+def test_posts_done_early_are_classified_while_others_regenerate(saved_student: Path) -> None:
+    from langchain_core.messages import BaseMessage
+
+    from graph.contracts import ModelInfo, Post, Relation
+    from graph.models.fake import FakeChatModel, prompt_kind, scripted_output
+    from graph.nodes import GraphDeps
+    from graph.pipeline import MikoPipeline
+    from miko_stream.wiring import classifiers
+    from prompts import load_prompts
+
+    rejected: set[str] = set()
+
+    def script(messages: list[BaseMessage]) -> str:  # the judge rejects xNeed of the marathon post once
+        text = "\n".join(str(message.content) for message in messages)
+        if prompt_kind(messages) == "verify" and "marathon" in text and "the user needs to" in text:
+            if "marathon" not in rejected:
+                rejected.add("marathon")
+                return "no"
+            return "yes"
+        return scripted_output(messages)
+
+    deps = GraphDeps(
+        llm=FakeChatModel(script=script), prompts=load_prompts(), classifiers=classifiers(f"sarcasm:{saved_student}")
+    )
+    pipe = MikoPipeline(deps, models=ModelInfo(llm="fake", vision="none", verifier="llm:fake"), batch_size=4)
+    posts = [Post(id="slow", text="finally finished my first marathon"), Post(id="quick", text="yay great rain")]
+
+    async def both() -> list:
+        return await asyncio.gather(*(pipe.process(post) for post in posts))
+
+    slow, quick = asyncio.run(both())
+    need = next(item for item in slow.intentions if item.relation == Relation.X_NEED)
+    assert need.attempts == 2 and need.verified
+    assert set(slow.classifications) == set(quick.classifications) == {"sarcasm"}
