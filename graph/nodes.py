@@ -25,11 +25,12 @@ from graph.models.base import Captioner, complete, is_yes_no_scorer
 from graph.normalize import content_keywords, normalize_text
 from graph.parsing import clean_completion, full_sentence, parse_key_info, parse_yes_no
 from graph.state import Candidate, PostState
+from graph.verifier.scorer import LearnedScorer
 from prompts import PromptSet
 
 log = structlog.get_logger(__name__)
 
-VerifierMode = Literal["llm", "heuristic", "none"]
+VerifierMode = Literal["learned", "hybrid", "llm", "heuristic", "none"]
 # Generate and verify run ten prompts per post: a shorter caption there cuts the prefill cost that dominates
 # local-model time, and keeps small models from copying the caption instead of answering. Extract sees it all.
 CONTEXT_CAPTION_CHARS = 320
@@ -41,6 +42,7 @@ class GraphConfig:
 
     verifier: VerifierMode = "llm"
     threshold: float = 0.5
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # per relation; ``threshold`` for the rest
     max_rounds: int = 2
     max_new_tokens: int = 24
     extract_max_new_tokens: int = 72
@@ -58,6 +60,7 @@ class GraphDeps:
     captioner: Captioner | None = None
     config: GraphConfig = field(default_factory=GraphConfig)
     classifiers: Mapping[str, PostClassifier] = field(default_factory=dict)  # name -> student (MIKO_CLASSIFIERS)
+    learned: LearnedScorer | None = None  # the learned verifier (modes learned and hybrid)
 
 
 class MikoNodes:
@@ -129,7 +132,8 @@ class MikoNodes:
         next_round = state.get("round", 0) + 1
         for candidate, score in zip(candidates, scores, strict=True):
             relation = candidate["relation"]
-            verified = self.config.verifier == "none" or (score is not None and score >= self.config.threshold)
+            threshold = self.config.thresholds.get(relation.value, self.config.threshold)
+            verified = self.config.verifier == "none" or (score is not None and score >= threshold)
             verified = verified and not candidate["parse_failed"]
             intention = Intention(
                 relation=relation,
@@ -196,6 +200,18 @@ class MikoNodes:
             return [None] * len(candidates)
         if mode == "heuristic":
             return [heuristic_score(state, c) for c in candidates]
+        if mode in ("learned", "hybrid"):
+            if self.deps.learned is None:
+                raise RuntimeError(f"verifier mode {mode!r} needs GraphDeps.learned (a learned verifier)")
+            learned = await self.deps.learned.score_candidates(state, candidates)
+            if mode == "learned":
+                return [0.0 if c["parse_failed"] else s for c, s in zip(candidates, learned, strict=True)]
+            judged = await self.llm_scores(state, candidates)
+            return self.deps.learned.combine(learned, judged, candidates)
+        return await self.llm_scores(state, candidates)
+
+    async def llm_scores(self, state: PostState, candidates: Sequence[Candidate]) -> list[float | None]:
+        """The LLM judge: P(yes) to the verify prompt (or its parsed answer), per candidate."""
         conversations = [self._verify_messages(state, c) for c in candidates]
         scores: list[float | None] = [None] * len(candidates)
         if is_yes_no_scorer(self.deps.llm):

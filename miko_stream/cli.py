@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from miko_stream.commands import batch, demo, distill, distill_generator, evaluate, index, models, stream
+from miko_stream.commands import batch, demo, distill, distill_generator, evaluate, index, models, stream, verifier
 from miko_stream.commands.common import fail
 from miko_stream.logging import configure_logging
 
@@ -43,5 +43,5 @@ def main(
     configure_logging(log_level, json=log_format != "console")
 
 
-for _commands in (batch, models, stream, index, demo, evaluate, distill, distill_generator):
+for _commands in (batch, models, stream, index, demo, evaluate, distill, distill_generator, verifier):
     _commands.register(app)

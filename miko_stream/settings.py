@@ -19,6 +19,13 @@ from graph.distill.artifact import default_llm
 from graph.intake import InputLimits
 
 
+def default_verifier() -> str:
+    """``learned`` when the packaged verifier artifact is there, else the LLM judge."""
+    from graph.verifier.artifact import default_artifact_present
+
+    return "learned" if default_artifact_present() else "llm"
+
+
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "miko-stream"
 
@@ -57,7 +64,13 @@ class Settings(BaseSettings):
         "openai:<model>@<base_url>",
     )
     vision: str = Field("ocr", description="none | ocr | hf:<id or path> | openai:<model>@<base_url>")
-    verifier: Literal["llm", "heuristic", "none"] = "llm"
+    verifier: Literal["learned", "hybrid", "llm", "heuristic", "none"] = Field(
+        default_factory=default_verifier,
+        description="learned (default when its artifact is installed) | hybrid | llm | heuristic | none",
+    )
+    verifier_path: Path | None = Field(
+        None, description="Learned-verifier artifact folder (default: the packaged one)."
+    )
     verify_threshold: float | None = Field(
         None,
         description="Accept intentions scoring at least this; default: the model's calibrated threshold.",

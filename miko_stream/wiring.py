@@ -13,6 +13,8 @@ from graph.models.spec import parse_llm_spec, without_credentials
 from graph.models.vision import build_captioner
 from graph.nodes import GraphConfig, GraphDeps
 from graph.pipeline import MikoPipeline
+from graph.verifier import VerifierArtifactError, load_learned_verifier
+from graph.verifier.scorer import LearnedScorer
 from miko_stream.settings import Settings
 from prompts import load_prompts
 
@@ -47,7 +49,46 @@ def llm_config(settings: Settings) -> LLMConfig:
     )
 
 
-def graph_config(settings: Settings, image_dir: Path | None = None) -> GraphConfig:
+def learned_scorer(settings: Settings) -> LearnedScorer | None:
+    """The learned verifier for modes ``learned`` and ``hybrid``; raises VerifierArtifactError naming the fix."""
+    if settings.verifier not in ("learned", "hybrid"):
+        return None
+    verifier = load_learned_verifier(settings.verifier_path)
+    if settings.verifier == "learned":
+        return LearnedScorer(verifier)
+    hybrid = verifier.hybrid(settings.llm)
+    if hybrid is None:
+        fitted = [h.llm for h in verifier.meta.hybrid] or "none"
+        raise VerifierArtifactError(
+            f"the verifier artifact has no hybrid weights for --llm {settings.llm} (fitted for: {fitted}); use "
+            "--verifier learned, or fit them with `miko-stream verifier train --data FILE --out DIR --llm SPEC`"
+        )
+    return LearnedScorer(verifier, hybrid)
+
+
+def relation_thresholds(settings: Settings, scorer: LearnedScorer | None) -> dict[str, float]:
+    """Per-relation thresholds of the learned verifier, unless one threshold was set explicitly."""
+    if scorer is None or settings.verify_threshold is not None:
+        return {}
+    if scorer.hybrid is not None:
+        return dict(scorer.hybrid.thresholds)
+    return dict(scorer.verifier.meta.thresholds)
+
+
+def verifier_label(settings: Settings, scorer: LearnedScorer | None) -> str:
+    """What events carry in ``models.verifier``: the mode, and the learned model's name and version."""
+    if settings.verifier == "llm":
+        return f"llm:{settings.llm}"
+    if scorer is None:
+        return settings.verifier
+    if settings.verifier == "hybrid":
+        return f"hybrid:{scorer.verifier.label}+llm:{settings.llm}"
+    return f"learned:{scorer.verifier.label}"
+
+
+def graph_config(
+    settings: Settings, image_dir: Path | None = None, thresholds: dict[str, float] | None = None
+) -> GraphConfig:
     limits = ImageLimits(
         max_bytes=settings.max_image_bytes,
         fetch_timeout_s=settings.image_fetch_timeout_s,
@@ -57,6 +98,7 @@ def graph_config(settings: Settings, image_dir: Path | None = None) -> GraphConf
     return GraphConfig(
         verifier=settings.verifier,
         threshold=verify_threshold(settings),
+        thresholds=thresholds or {},
         max_rounds=settings.max_rounds,
         max_new_tokens=settings.max_new_tokens,
         image_limits=limits,
@@ -85,20 +127,22 @@ def classifiers(spec: str) -> dict[str, PostClassifier]:
 
 
 def build_pipeline(settings: Settings, image_dir: Path | None = None) -> MikoPipeline:
-    """The pipeline for ``settings``; raises ModelSpecError for an unusable --llm/--vision spec."""
+    """The pipeline for ``settings``; raises ModelSpecError for an unusable --llm/--vision spec or verifier."""
+    scorer = learned_scorer(settings)
     llm = build_chat_model(settings.llm, llm_config(settings))
     captioner = build_captioner(settings.vision, openai_api_key=secret(settings.openai_api_key))
-    verifier = settings.verifier if settings.verifier != "llm" else f"llm:{settings.llm}"
+    config = graph_config(settings, image_dir, relation_thresholds(settings, scorer))
     deps = GraphDeps(
         llm=llm,
         prompts=load_prompts(),
         captioner=captioner,
-        config=graph_config(settings, image_dir),
+        config=config,
         classifiers=classifiers(settings.classifiers),
+        learned=scorer,
     )
     models = ModelInfo(
         llm=without_credentials(describe_llm(llm)),
         vision=without_credentials(settings.vision),
-        verifier=without_credentials(verifier),
+        verifier=without_credentials(verifier_label(settings, scorer)),
     )
     return MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s, batch_size=graph_batch_size(settings))

