@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests of the stream, API and CLI machinery run fake models; the default learned verifier would make every
+# processor they start load torch and MiniLM first. tests/test_verifier.py covers the learned verifier, and
+# the default choice of it, end to end.
+os.environ.setdefault("MIKO_VERIFIER", "heuristic")
 
 from miko_stream.broker import EmbeddedBroker
 

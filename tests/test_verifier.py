@@ -16,7 +16,7 @@ from graph.models.fake import FakeChatModel
 from graph.nodes import GraphConfig, GraphDeps
 from graph.pipeline import MikoPipeline
 from graph.verifier import VerifierArtifactError, VerifierItem, completion, load_learned_verifier, read_labelled
-from graph.verifier.artifact import read_artifact, save_artifact
+from graph.verifier.artifact import default_artifact_dir, read_artifact, save_artifact
 from graph.verifier.card import model_card
 from graph.verifier.features import FeatureExtractor
 from graph.verifier.metrics import auroc, evaluate, expected_calibration_error
@@ -186,3 +186,23 @@ def test_graph_uses_the_learned_verifier_end_to_end(tiny_artifact: Path) -> None
                 not intention.parse_failed and intention.score >= verifier.threshold(intention.relation)
             )
     assert not math.isnan(events[0].intentions[0].score or 0.0)
+
+
+def test_learned_is_the_default_when_its_artifact_is_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graph.verifier import default_artifact_present
+    from miko_stream.settings import Settings
+
+    monkeypatch.delenv("MIKO_VERIFIER", raising=False)
+    assert default_artifact_present(), "the package ships its default artifact"
+    assert Settings().verifier == "learned"
+    meta, _ = read_artifact(default_artifact_dir())
+    assert meta.encoder == "all-MiniLM-L6-v2" and meta.thresholds.keys() == {r.value for r in Relation}
+
+
+def test_asking_for_learned_without_an_artifact_is_a_one_line_error(tmp_path: Path) -> None:
+    data = synthetic_file(tmp_path / "judged.jsonl", posts=2)
+    result = CliRunner().invoke(
+        app, ["eval", "verifier", "--data", str(data), "--verifier", "learned", "--verifier-path", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "verifier train" in result.output
