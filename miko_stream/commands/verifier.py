@@ -82,6 +82,9 @@ def train(
     llm: Annotated[
         str | None, typer.Option("--llm", help="Also fit hybrid weights for this LLM judge (runs it on every item).")
     ] = None,
+    judge_limit: Annotated[
+        int | None, typer.Option("--judge-limit", min=10, help="--llm: fit the hybrid on the first N posts only.")
+    ] = None,
     encoder: Annotated[str, typer.Option("--encoder", help="Sentence encoder (default: bundled MiniLM).")] = (
         "all-MiniLM-L6-v2"
     ),
@@ -93,7 +96,7 @@ def train(
     started = time.monotonic()
     items = read_items(data)
     trained = train_with_progress(items, encoder, folds, seed)
-    hybrid = [fit_hybrid_weights(items, trained, llm, folds, seed)] if llm else []
+    hybrid = [fit_hybrid_weights(items, trained, llm, folds, seed, judge_limit)] if llm else []
     meta = VerifierMeta(
         name="miko-verifier-minilm",
         version="1.0.0",
