@@ -443,6 +443,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=None, help="default: MIKO_MAX_WAIT_MS")
     parser.add_argument("--max-in-flight", type=int, default=None, help="default: MIKO_MAX_IN_FLIGHT")
     parser.add_argument("--verifier", choices=get_args(Settings.model_fields["verifier"].annotation), default="llm")
+    parser.add_argument(
+        "--compare-verifier",
+        choices=get_args(Settings.model_fields["verifier"].annotation),
+        help="also run (b) with this verifier on the same posts and model (prefix cache emptied between runs)",
+    )
     parser.add_argument("--max-rounds", type=int, default=None, help="default: MIKO_MAX_ROUNDS")
     parser.add_argument(
         "--runtime", choices=["auto", "native", "transformers"], default="auto", help="local runtime for (a) and (b)"
@@ -499,7 +504,39 @@ async def run_phases(
                     f"prefill={trace.prefill_tokens:6} finished={len(trace.finished):3} new={new:4} "
                     f"{trace.seconds:6.2f}s"
                 )
+        if args.compare_verifier:
+            await compare_verifier(args, pipeline, engine, posts[: args.posts], b)
     return a, b
+
+
+async def compare_verifier(
+    args: argparse.Namespace, pipeline: MikoPipeline, engine: LocalEngine, posts: Sequence[Post], b: PhaseResult
+) -> None:
+    """(b) again with ``--compare-verifier``: same posts, same model and batcher, only the verify node differs."""
+    from dataclasses import replace as replace_fields
+
+    from miko_stream.settings import Settings
+    from miko_stream.wiring import graph_config, learned_scorer, relation_thresholds, verifier_label
+
+    settings = Settings(llm=args.llm, vision="none", verifier=args.compare_verifier, max_rounds=args.max_rounds)
+    scorer = learned_scorer(settings)
+    config = graph_config(settings, None, relation_thresholds(settings, scorer))
+    deps = replace_fields(pipeline.deps, config=config, learned=scorer)
+    models = pipeline.info.models.model_copy(update={"verifier": verifier_label(settings, scorer)})
+    other = MikoPipeline(deps, models=models, deadline_s=settings.post_deadline_s, batch_size=pipeline.batch_size)
+    if engine.prefix_cache is not None:
+        engine.prefix_cache = PrefixCache(engine.prefix_cache.max_bytes)  # (b) must not have warmed it for this run
+    name = f"(b) pipeline, verifier={args.compare_verifier}"
+    result = await run_phase(name, other, engine, posts, args.max_in_flight)
+    print(result.describe(), flush=True)
+    for line in result.recorder.breakdown():
+        print(f"    {line}")
+    print(
+        f"verifier comparison on the same {len(posts)} posts: {args.verifier} {b.posts_per_s:.3f} posts/s "
+        f"({b.seconds:.1f}s), {args.compare_verifier} {result.posts_per_s:.3f} posts/s ({result.seconds:.1f}s): "
+        f"x{result.posts_per_s / b.posts_per_s:.2f}; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
