@@ -387,7 +387,6 @@ def build_pipelines(
     args: argparse.Namespace,
 ) -> tuple[MikoPipeline, MikoPipeline, LocalEngine, LocalEngineHandle]:
     """(b)'s pipeline as the service wires it, and (a)'s: same graph and engine, one call at a time."""
-    from graph.nodes import GraphDeps
     from miko_stream.settings import Settings
     from miko_stream.wiring import build_pipeline
 
@@ -413,9 +412,7 @@ def build_pipelines(
         engine.prefix_cache = PrefixCache(int(args.prefix_cache_mb * 2**20)) if args.prefix_cache_mb > 0 else None
     alone = LocalEngineHandle(engine, max_batch_size=1, max_wait_ms=0, name=f"{args.llm}-sequential")
     serial = SerialChatModel(inner=model.model_copy(update={"handle": alone}))
-    deps = GraphDeps(
-        llm=serial, prompts=pipeline.deps.prompts, captioner=pipeline.deps.captioner, config=pipeline.deps.config
-    )
+    deps = replace(pipeline.deps, llm=serial)  # everything else (verifier, classifiers) as the service wires it
     sequential = MikoPipeline(deps, models=pipeline.info.models, deadline_s=settings.post_deadline_s)
     return sequential, pipeline, engine, alone
 
