@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from fastapi.testclient import TestClient
 from kafka_helpers import (
     Outputs,
@@ -196,7 +195,7 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
             await ensure_topics(config.model_copy(update={"topic_partitions": 4}), [config.posts_topic])
             # What a commit that failed in the outage and was retried after it does: the old positions land in
             # the restarted broker's group, past the new ends (refused if the processor rejoined first).
-            with contextlib.suppress(KafkaError):
+            with contextlib.suppress(Exception):  # best effort: it races the processor's rejoin
                 await commit_offsets(config, old_positions)
             await ensure_topics(config, [config.intentions_topic, config.dlq_topic])
             partitions = await produce(config.bootstrap, config.posts_topic, after)
@@ -208,6 +207,7 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
             # posts went through, when a rebalance already restarted the partitions).
             reported = lambda: stream.stats.offset_resets >= 1 and bool(indexer.offset_resets)  # noqa: E731
             await wait_until(reported, timeout_s=60, what="the loss reported by run and serve")
+            assigned = {tp.partition for tp in stream.assignment()}
             client = TestClient(create_app(index, indexer=indexer))
             stats = client.get("/stats").json()["indexer"]
             health = client.get("/healthz").json()
@@ -224,7 +224,7 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
         "miko_kafka_offset_resets_total", {"service": "indexer", "topic": config.intentions_topic}
     )
     assert resets is not None and resets >= 1 and "miko_kafka_offset_resets_total" in metrics
-    assert Counter(tp.partition for tp in stream.assignment()) == Counter(range(4)), "the new partition is read"
+    assert assigned == set(range(4)), "the new partition is read"
 
 
 # ------------------------------------------------------------------------------------------- model faults
