@@ -28,6 +28,7 @@ CHROMIUM = Path(os.environ.get("MIKO_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
 ]  # fmt: skip
 WAIT_MS = 60_000
 POSTS = [
@@ -195,7 +196,8 @@ def test_dashboard_shows_the_live_stream_in_a_browser(services: dict[str, str], 
             phone.wait_for_function("() => Number(document.getElementById('chart-nodes').dataset.points) > 0")
             assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
             phone.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
-            assert not errors, errors
+            # Chromium reports a benign "ResizeObserver loop completed…" when layout settles slowly (a busy CI).
+            assert not [error for error in errors if "ResizeObserver loop" not in error], errors
         finally:
             browser.close()  # type: ignore[attr-defined]
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000

@@ -80,7 +80,13 @@
       series: [{}, ...spec.series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false, value: (u, v) => fmt(v, 2) }))],
     };
     charts[name] = new uPlot(opts, chartData(spec), box);
-    new ResizeObserver(() => charts[name].setSize({ width: Math.max(box.clientWidth, 200), height: 170 })).observe(box);
+    // Resize in the next frame and only when the width changed: resizing inside the observer's callback can
+    // trigger "ResizeObserver loop completed with undelivered notifications" errors.
+    let width = opts.width;
+    new ResizeObserver(() => requestAnimationFrame(() => {
+      const now = Math.max(box.clientWidth, 200);
+      if (now !== width) { width = now; charts[name].setSize({ width, height: 170 }); }
+    })).observe(box);
   }
   function redrawCharts() {
     for (const [name, spec] of Object.entries(chartSpecs)) {
