@@ -119,10 +119,11 @@ def launch_chromium(playwright: object, profile: Path) -> object:
         )
     return playwright.chromium.launch_persistent_context(  # type: ignore[attr-defined]
         str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": 1280, "height": 800},
+        viewport={"width": 1280, "height": 800}, timeout=90_000,
     )  # fmt: skip
 
 
+@pytest.mark.timeout(360)  # the page needs well under a minute; a browser that never starts fails sooner
 def test_dashboard_shows_the_live_stream_in_a_browser(services: dict[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
