@@ -164,9 +164,11 @@ def build_graph(deps: GraphDeps, nodes: MikoNodes | None = None) -> CompiledStat
         live = (state for state in batch["posts"] if _live(state))
         return "generate" if any(nodes.route_after_verify(state) == "generate" for state in live) else END
 
-    def route_to_classify(batch: BatchState) -> str:
+    async def route_to_classify(batch: BatchState) -> str:
         live = [state for state in batch["posts"] if _live(state)]
-        return "classify" if any(nodes.needs_classification(state) for state in live) else route_after_verify(batch)
+        if any(nodes.needs_classification(state) for state in live):
+            return "classify"
+        return await route_after_verify(batch)
 
     builder = StateGraph(BatchState)
     builder.add_node("caption", BatchNode("caption", nodes.caption, needs_caption, retry).run_batch)
