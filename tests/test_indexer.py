@@ -195,7 +195,7 @@ class Server:
             return None
         return response.json() if response.status_code == 200 else None
 
-    def wait_for_records(self, records: int, timeout: float = 60) -> dict:
+    def wait_for_records(self, records: int, timeout: float = 180) -> dict:  # a deadline, not a timing: load 30 seen
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "serve exited early"
