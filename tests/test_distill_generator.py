@@ -193,3 +193,19 @@ def test_bad_data_is_refused_with_one_line(student: Path, tmp_path: Path, lines:
     args = ["distill", "generator", "--data", str(data), "--out", str(tmp_path / "o"), "--base", f"hf:{student}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow_model
+def test_the_shipped_adapter_is_the_default_and_serves() -> None:
+    """`smollm2-miko`: the packaged adapter merged into the real SmolLM2, named with its training run."""
+    from graph.distill.artifact import PACKAGED_DISTILLED, default_llm
+    from miko_stream.settings import Settings
+
+    assert default_llm() == "smollm2-miko" == Settings().llm
+    run_id = read_distilled(PACKAGED_DISTILLED).run_id
+    model = build_chat_model("smollm2-miko", LLMConfig(cache_dir=Settings().cache_dir))
+    assert model.spec == f"smollm2-miko run={run_id}"  # type: ignore[attr-defined]
+    info = KeyInfo(concept="marathon", action="run", object="race", emotion="proud", keywords=["marathon", "race"])
+    conversation = generate_messages(PROMPTS, "ran my first marathon today!", None, info, Relation.X_WANT)
+    [reply] = asyncio.run(model.acomplete([conversation], stop=["\n"], max_tokens=24))  # type: ignore[attr-defined]
+    assert reply.text.strip() and reply.finish_reason == "stop"

@@ -221,7 +221,7 @@ the base weights at load.
 
 {f["train_posts"]} posts, {f["steps"]} steps of {train["posts_per_step"]} posts, {train["epochs"]} epoch(s),
 learning rate {lr}, bf16 autocast: {train["bf16"]}, seed {train["seed"]}.
-CPU time {f["elapsed_s"]:.0f} s, {f["tokens_per_s"]:.0f} tokens/s, peak RSS {f["peak_rss_mb"]:.0f} MB.
+Wall time {f["elapsed_s"]:.0f} s, {f["tokens_per_s"]:.0f} tokens/s, peak RSS {f["peak_rss_mb"]:.0f} MB (this process).
 Validation loss (answer tokens, {f["validation_posts"]} posts): {f["validation_loss_before"]:.4f} before,
 {f["validation_loss_after"]:.4f} after.
 
