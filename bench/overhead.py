@@ -154,7 +154,12 @@ def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> 
 
 
 def start_cli_worker(
-    config: KafkaConfig, llm: str, max_in_flight: int, log: Path, extra_env: dict[str, str] | None = None
+    config: KafkaConfig,
+    llm: str,
+    max_in_flight: int,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    verifier: str = "llm",
 ) -> Worker:
     command = [
         sys.executable, "-m", "miko_stream", "--log-level", "WARNING", "run",
@@ -164,6 +169,7 @@ def start_cli_worker(
         "--max-in-flight", str(max_in_flight), "--no-create-topics",
     ]  # fmt: skip
     env = {**os.environ, "MIKO_KAFKA_IDEMPOTENCE": "off", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    env.setdefault("MIKO_VERIFIER", verifier)
     output = log.open("ab")
     holder: list[subprocess.Popen[bytes]] = []
 
@@ -252,14 +258,16 @@ async def main(args: argparse.Namespace) -> None:
         log = Path(tmp) / "run.log"
         full = await measure(
             f"miko-stream run --llm {args.llm}", cli_config,
-            lambda: start_cli_worker(cli_config, args.llm, inflight, log), posts, args.timeout,
+            lambda: start_cli_worker(cli_config, args.llm, inflight, log, verifier=args.verifier), posts, args.timeout,
         )  # fmt: skip
         if args.classifier:
             classified_config = config()
             student = {"MIKO_CLASSIFIERS": args.classifier}
             classified = await measure(
                 f"... + MIKO_CLASSIFIERS={args.classifier.split(':')[0]}", classified_config,
-                lambda: start_cli_worker(classified_config, args.llm, inflight, log, student), posts, args.timeout,
+                lambda: start_cli_worker(
+                    classified_config, args.llm, inflight, log, student, verifier=args.verifier
+                ), posts, args.timeout,
             )  # fmt: skip
             cost_ms = 1000 * (classified.seconds / classified.posts - full.seconds / full.posts)
             print(f"classify: {cost_ms:.2f} ms per post ({classified.per_s / full.per_s:.3f} of the rate without)")
@@ -275,6 +283,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="JSONL posts (e.g. mmsd_valid_captioned.jsonl)")
     parser.add_argument("--posts", type=int, default=2000, help="How many posts to time (default 2000).")
     parser.add_argument("--llm", default="fake", help="Model spec for the CLI run (default: fake, no delay).")
+    parser.add_argument(
+        "--verifier",
+        default="llm",
+        help="MIKO_VERIFIER of the CLI run (default llm: the fake model's instant judge, so the figure is the graph's "
+        "own cost; `learned` adds the MiniLM verifier's CPU per post). MIKO_VERIFIER in the environment wins.",
+    )
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument(
