@@ -10,16 +10,15 @@ exactly what its base costs per token.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from graph.models.smollm2 import locked_folder
 
 MANIFEST = "distill.json"
 PACKAGED_DISTILLED = Path(__file__).resolve().parent.parent / "models" / "distilled" / "smollm2-miko"
@@ -70,17 +69,6 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def merge_lora(base_weights: dict[str, Any], adapter: dict[str, Any], scale: float) -> dict[str, Any]:
     """Base weights with every adapter pair folded in: ``W + scale * B @ A`` (float32), other weights as they are."""
     merged = dict(base_weights)
@@ -110,7 +98,7 @@ def served_folder(folder: Path, base_folder: Path, cache_dir: Path) -> Path:
     out = home / "hf"
     if (out / COMPLETE_MARKER).is_file():
         return out
-    with _locked(home):
+    with locked_folder(home):
         if not (out / COMPLETE_MARKER).is_file():
             _write_merged(info, adapter_path, base_folder, out)
     return out

