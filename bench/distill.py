@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from graph.classifiers.data import read_posts
+from graph.classifiers.data import read_labels, read_posts
 from graph.classifiers.frozen import FrozenBottom
 from graph.classifiers.inputs import InputSet, LabelledPost
 from graph.classifiers.losses import AuxWeights
@@ -148,13 +148,15 @@ def main() -> None:
     parser.add_argument("--train-layers", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="first N training posts")
+    parser.add_argument("--labels", type=Path, default=None, help="JSONL `id`+`label`: labels events by post id")
     parser.add_argument("--results", type=Path, default=Path("distill-grid.jsonl"))
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--report", action="store_true", help="print the table of the runs in --results; train nothing")
     args = parser.parse_args()
 
-    train = read_posts(args.train, require_labels=True, limit=args.limit)
-    test = read_posts(args.eval, require_labels=True)
+    labels = read_labels(args.labels) if args.labels else None
+    train = read_posts(args.train, require_labels=True, limit=args.limit, labels=labels)
+    test = read_posts(args.eval, require_labels=True, labels=labels)
     inputs = [InputSet(name) for name in args.inputs.split(",")]
     auxes = [AuxWeights.parse(spec) for spec in (args.aux or ["none", "itc", "itm", "itc,itm"])]
     seeds = [int(seed) for seed in args.seeds.split(",")]

@@ -13,7 +13,7 @@ import torch
 from distill_helpers import save_tiny_encoder, toy_posts, write_jsonl
 from typer.testing import CliRunner
 
-from graph.classifiers.data import DataError, read_posts, split_posts
+from graph.classifiers.data import DataError, read_labels, read_posts, split_posts
 from graph.classifiers.frozen import FrozenBottom
 from graph.classifiers.inputs import InputSet, LabelledPost, encoder_inputs, intentions_text
 from graph.classifiers.losses import AuxWeights, itc_loss, itm_pairs
@@ -112,6 +112,48 @@ def test_read_posts_accepts_events_and_rejects_unlabelled_training_data(tmp_path
     assert read_posts(path)[0].intentions == (("Open", "x"),)
     with pytest.raises(DataError, match=r"events.jsonl:1: no `label`"):
         read_posts(path, require_labels=True)
+
+
+def test_labels_join_events_by_post_id(tmp_path: Path) -> None:
+    events = [
+        {"post_id": "e1", "text": "yay", "intentions": [{"relation": "Open", "text": "x", "parse_failed": True}]},
+        {"post_id": "e2", "text": "ugh", "intentions": [{"relation": "xWant", "text": "cry"}]},
+    ]
+    path = write_jsonl(events, tmp_path / "events.jsonl")
+    labels = read_labels(
+        write_jsonl([{"id": "e1", "label": 1}, {"id": "e2", "label": 0}, {"id": "e9"}], tmp_path / "l")
+    )
+    assert labels == {"e1": 1, "e2": 0}
+    posts = read_posts(path, require_labels=True, labels=labels)
+    assert [(p.id, p.label) for p in posts] == [("e1", 1), ("e2", 0)]
+    assert posts[0].intentions == () and posts[1].intentions == (("xWant", "cry"),)  # parse failures, as served
+    with pytest.raises(
+        DataError, match=r"events.jsonl: 1 posts have no label in the labels file \(first: .*:2 id e2\)"
+    ):
+        read_posts(path, labels={"e1": 1})
+    with pytest.raises(DataError, match=r"e1 has label 1 but the labels file says 0"):
+        read_posts(write_jsonl([{"id": "e1", "text": "t", "label": 1}], tmp_path / "p.jsonl"), labels={"e1": 0})
+    with pytest.raises(DataError, match=r"post id e1 is labelled both 0 and 1"):
+        read_labels(write_jsonl([{"id": "e1", "label": 1}, {"id": "e1", "label": 0}], tmp_path / "twice.jsonl"))
+
+
+def test_split_with_labels_writes_labelled_files_and_refuses_unlabelled_ids(tmp_path: Path) -> None:
+    events = [{"post_id": f"e{i}", "text": "t", "intentions": [{"relation": "Open", "text": "x"}]} for i in range(10)]
+    path = write_jsonl(events, tmp_path / "events.jsonl")
+    labels = write_jsonl([{"id": f"e{i}", "label": i % 2, "text": "source"} for i in range(10)], tmp_path / "src.jsonl")
+    runner = CliRunner()
+    args = ["distill", "split", str(path), "--labels", str(labels), "--out-dir", str(tmp_path / "s"), "--eval-fraction"]
+    result = runner.invoke(app, [*args, "0.2"])
+    assert result.exit_code == 0, result.output
+    held = read_posts(tmp_path / "s" / "eval.jsonl", require_labels=True)
+    train = read_posts(tmp_path / "s" / "train.jsonl", require_labels=True)
+    assert sorted(p.label for p in held) == [0, 1] and len(train) == 8
+    assert all(p.intentions == (("Open", "x"),) for p in train)
+
+    write_jsonl([{"id": "e0", "label": 0}], labels)
+    result = runner.invoke(app, [*args, "0.2"])
+    assert result.exit_code == 2
+    assert "9 posts have no label in the labels file" in result.output and len(result.output.splitlines()) == 1
 
 
 # -- training, saving, scoring --------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Reading labelled posts from JSONL (raw posts or ``miko-stream process`` events) and splitting them."""
+"""Reading labelled posts from JSONL (raw posts or ``miko-stream process`` events) and splitting them.
+
+Events carry no label: :func:`read_labels` reads one per post id from another file (e.g. the dataset the posts
+came from) and :func:`read_posts` joins them by id, refusing posts the labels file does not cover.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +20,83 @@ class DataError(ValueError):
     """An input file the student cannot use; the message says which line and why."""
 
 
-def read_posts(path: Path, *, require_labels: bool = False, limit: int | None = None) -> list[LabelledPost]:
-    """Posts from a JSONL file: ``id``/``post_id``, ``text``, ``caption``, ``intentions``, ``label``, ``image``."""
+def read_posts(
+    path: Path,
+    *,
+    require_labels: bool = False,
+    limit: int | None = None,
+    labels: Mapping[str, int] | None = None,
+) -> list[LabelledPost]:
+    """Posts from a JSONL file: ``id``/``post_id``, ``text``, ``caption``, ``intentions``, ``label``, ``image``.
+
+    With ``labels`` (see :func:`read_labels`), each post's label is looked up by id; a post without one, or
+    whose own ``label`` disagrees, is a :class:`DataError`.
+    """
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     posts: list[LabelledPost] = []
+    unlabelled: list[str] = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not JSON ({error.msg})") from error
+            row = _json_object(line, f"{path}:{number}")
             post = _as_post(row, f"{path}:{number}")
-            if require_labels and post.label is None:
+            if labels is not None:
+                post = _joined(post, labels, f"{path}:{number}", unlabelled)
+            elif require_labels and post.label is None:
                 raise DataError(f"{path}:{number}: no `label` (0 or 1): training and evaluation need labelled posts")
             posts.append(post)
             if limit is not None and len(posts) >= limit:
                 break
+    if unlabelled:
+        raise DataError(
+            f"{path}: {len(unlabelled)} posts have no label in the labels file (first: {unlabelled[0]}); "
+            "give a labels file that covers every post id"
+        )
     if not posts:
         raise DataError(f"{path}: no posts")
     return posts
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    """``{post id: label}`` from JSONL rows with ``id`` (or ``post_id``) and ``label`` 0/1, e.g. the source dataset.
+
+    Rows without a label are skipped (they label nothing); an id labelled twice differently is an error.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (labels)")
+    labels: dict[str, int] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            post = _as_post(_json_object(line, where), where)
+            if post.label is None:
+                continue
+            if labels.setdefault(post.id, post.label) != post.label:
+                raise DataError(f"{where}: post id {post.id} is labelled both 0 and 1")
+    if not labels:
+        raise DataError(f"{path}: no labelled rows (`id` and `label` 0 or 1)")
+    return labels
+
+
+def _joined(post: LabelledPost, labels: Mapping[str, int], where: str, unlabelled: list[str]) -> LabelledPost:
+    label = labels.get(post.id)
+    if label is None:
+        unlabelled.append(f"{where} id {post.id}")
+        return post
+    if post.label is not None and post.label != label:
+        raise DataError(f"{where}: post id {post.id} has label {post.label} but the labels file says {label}")
+    return replace(post, label=label)
+
+
+def _json_object(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not JSON ({error.msg})") from error
 
 
 def _as_post(row: Any, where: str) -> LabelledPost:
@@ -51,7 +111,7 @@ def _as_post(row: Any, where: str) -> LabelledPost:
     intentions = tuple(
         (str(item.get("relation", "")), str(item.get("text", "")))
         for item in row.get("intentions") or []
-        if isinstance(item, dict) and item.get("text")
+        if isinstance(item, dict) and item.get("text") and not item.get("parse_failed")
     )
     return LabelledPost(
         id=str(post_id),

@@ -18,6 +18,13 @@ from miko_stream.commands.common import err_console, fail
 distill_app = typer.Typer(help="Distil small students from intention knowledge.", no_args_is_help=True)
 
 INPUT_CHOICES = "text | text+caption | text+intentions | all"
+LabelsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        help="JSONL with `id` and `label` per post (e.g. the source dataset): labels `process` events by post id.",
+    ),
+]
 
 
 class _RichTrainProgress:
@@ -63,10 +70,11 @@ def sarcasm(
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate (heads: 1e-3).")] = 5e-5,
     precision: Annotated[str, typer.Option("--precision", help="bf16 (autocast) | fp32")] = "bf16",
+    labels: LabelsOption = None,
 ) -> None:
     """Fine-tune a sarcasm student; prints the held-out metrics, last line `f1=<x> roc_auc=<y> pr_auc=<z>`."""
     from graph.classifiers.card import model_card
-    from graph.classifiers.data import DataError, read_posts
+    from graph.classifiers.data import DataError, read_labels, read_posts
     from graph.classifiers.inputs import InputSet
     from graph.classifiers.losses import AuxWeights
     from graph.classifiers.metrics import classification_metrics, summary_line
@@ -89,8 +97,9 @@ def sarcasm(
             lr=lr,
             bf16=_bf16(precision),
         )
-        train_posts = read_posts(train, require_labels=True, limit=limit)
-        eval_posts = read_posts(eval_path, require_labels=True)
+        known = read_labels(labels) if labels else None
+        train_posts = read_posts(train, require_labels=True, limit=limit, labels=known)
+        eval_posts = read_posts(eval_path, require_labels=True, labels=known)
     except ValueError as error:  # DataError too
         fail(str(error))
     _refuse_overlap(train_posts, eval_posts)
@@ -173,15 +182,16 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="A folder written by `distill sarcasm`.")],
     input_path: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="Posts or IntentionEvents, one a line.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Scores as JSONL (default: stdout).")] = None,
+    labels: LabelsOption = None,
 ) -> None:
     """Score posts with a saved student: one `{"id", "<task>", "predicted"}` line per post; metrics if labelled."""
-    from graph.classifiers.data import DataError, read_posts
+    from graph.classifiers.data import DataError, read_labels, read_posts
     from graph.classifiers.metrics import classification_metrics, summary_line
     from graph.classifiers.model import SarcasmStudent, StudentError
 
     try:
         student = SarcasmStudent.load(model)
-        posts = read_posts(input_path)
+        posts = read_posts(input_path, labels=read_labels(labels) if labels else None)
     except (DataError, StudentError, OSError) as error:
         fail(str(error))
     task = student.config.task
@@ -205,12 +215,16 @@ def split(
     input_path: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="Labelled posts.")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where train.jsonl and eval.jsonl go.")],
     fraction: Annotated[float, typer.Option("--eval-fraction", min=0.01, max=0.99)] = 0.2,
+    labels: LabelsOption = None,
 ) -> None:
-    """A fixed, stratified held-out slice (chosen by a hash of each post id): the same split on every machine."""
-    from graph.classifiers.data import DataError, read_posts, split_posts, write_posts
+    """A fixed, stratified held-out slice (chosen by a hash of each post id): the same split on every machine.
+
+    With --labels, the written files carry the joined labels, so `process` events become training data."""
+    from graph.classifiers.data import DataError, read_labels, read_posts, split_posts, write_posts
 
     try:
-        rest, held = split_posts(read_posts(input_path, require_labels=True), fraction)
+        known = read_labels(labels) if labels else None
+        rest, held = split_posts(read_posts(input_path, require_labels=True, labels=known), fraction)
     except DataError as error:
         fail(str(error))
     out_dir.mkdir(parents=True, exist_ok=True)
