@@ -51,6 +51,8 @@ class BatchNode:
         """The node's step for the whole batch (what LangGraph calls)."""
         posts = batch["posts"]
         chosen = [index for index, state in enumerate(posts) if _live(state) and self.applies(state)]
+        if not chosen:  # nothing for this node in the batch: it passes through unchanged
+            return {}
         merged = list(posts)
         if len(chosen) == 1:  # no task needed for one post
             merged[chosen[0]] = merge_update(posts[chosen[0]], await self.run_one(posts[chosen[0]]))

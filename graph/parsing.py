@@ -111,6 +111,11 @@ def _stem_words(stem: str) -> list[str]:
     return _words(stem)
 
 
+@lru_cache(maxsize=64)
+def _stem_word_set(stem: str) -> frozenset[str]:
+    return frozenset(_stem_words(stem))
+
+
 @lru_cache(maxsize=4096)
 def _comparable(text: str) -> str:
     """Cached: a post's accepted completions are compared with each of its later ones."""
@@ -168,6 +173,13 @@ def _strip_echo(text: str, stem: str) -> str:
     stem_words = _stem_words(stem)
     if not stem_words:
         return text
+    # Most completions start with a word of their own: no echo to look for (the checks below need one).
+    first = _WORD.search(text)
+    if first is None or (
+        first.group(0).lower() not in _stem_word_set(stem)
+        and ("user" not in stem_words or not _PRONOUN_SUBJECT.match(_strip_wrapping(text)))
+    ):
+        return text
     tokens = list(_WORD.finditer(text))
     lowered = [t.group(0).lower() for t in tokens]
     # The whole stem or at least three words of its head ("After posting this, the user will ...").
@@ -197,24 +209,23 @@ def _strip_echo(text: str, stem: str) -> str:
 def _collapse_loops(text: str) -> str:
     """``to to to`` -> ``to``; ``a band a band a band a`` -> ``a band``; ``very very`` stays."""
 
-    def key(words: list[str]) -> list[str]:
-        return [word.lower().strip(",.!?") for word in words]
-
     out: list[str] = []
+    keys: list[str] = []  # each kept word as compared: lowercase, without trailing punctuation
     unit: list[str] = []  # the last repeated word group, and where its kept copy ends
     unit_end = 0
     for word in text.split():
         out.append(word)
+        keys.append(word.lower().strip(",.!?"))
         for size in (1, 2, 3, 4):
-            if len(out) < 2 * size or key(out[-size:]) != key(out[-2 * size : -size]):
+            if len(keys) < 2 * size or keys[-size:] != keys[-2 * size : -size]:
                 continue
-            tripled = len(out) >= 3 and key(out[-3:-2]) == key([word])
-            if size == 1 and key([word])[0] in _KEEP_DOUBLE and not tripled:
+            tripled = len(keys) >= 3 and keys[-3] == keys[-1]
+            if size == 1 and keys[-1] in _KEEP_DOUBLE and not tripled:
                 continue
-            del out[-size:]
-            unit, unit_end = key(out[-size:]), len(out)
+            del out[-size:], keys[-size:]
+            unit, unit_end = keys[-size:], len(out)
             break
-    tail = key(out[unit_end:])
+    tail = keys[unit_end:]
     if unit and 0 < len(tail) < len(unit) and tail == unit[: len(tail)]:
         del out[unit_end:]  # the loop's last, cut-off repetition
     return " ".join(out)
@@ -269,17 +280,22 @@ def is_duplicate(text: str, previous: Sequence[str]) -> bool:
         total = len(mine) + len(theirs)
         if not total or 2 * min(len(mine), len(theirs)) / total < _DUPLICATE_RATIO:
             continue
-        shared = sum((_letter_counts(mine) & _letter_counts(theirs)).values())  # difflib's quick_ratio
-        if 2 * shared / total < _DUPLICATE_RATIO:
+        if 2 * _shared_letters(mine, theirs) / total < _DUPLICATE_RATIO:  # difflib's quick_ratio
             continue
         if SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= _DUPLICATE_RATIO:
             return True
     return False
 
 
+def _shared_letters(a: str, b: str) -> int:
+    """How many characters two strings have in common, as multisets (``Counter & Counter``, cheaper)."""
+    theirs = _letter_counts(b)
+    return sum(min(count, theirs.get(char, 0)) for char, count in _letter_counts(a).items())
+
+
 @lru_cache(maxsize=4096)
-def _letter_counts(text: str) -> Counter[str]:
-    return Counter(text)
+def _letter_counts(text: str) -> dict[str, int]:
+    return dict(Counter(text))
 
 
 def _as_written(text: str) -> str:

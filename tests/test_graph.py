@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 import pytest
 from langchain_core.messages import BaseMessage
+from langgraph.types import RetryPolicy
 
+from graph.builder import BatchNode, build_graph
 from graph.contracts import CaptionSource, ModelInfo, Post, Relation, SourceRef
 from graph.errors import TransientModelError
 from graph.models.fake import FakeChatModel, prompt_kind, scripted_output
-from graph.nodes import GraphConfig, GraphDeps
+from graph.nodes import GraphConfig, GraphDeps, MikoNodes
 from graph.pipeline import MikoPipeline, PostFailed
+from graph.state import BatchState, NodeFailure, PostState
 from prompts import load_prompts
 
 MODELS = ModelInfo(llm="fake", vision="none", verifier="llm:fake")
@@ -215,3 +218,16 @@ def test_a_hanging_post_hits_its_deadline_alone() -> None:
     results = run_together(pipe, [Post(id="a", text=TWEET), Post(id="b", text="stuck here"), Post(id="c", text="hi")])
     assert isinstance(results[1], PostFailed) and "deadline" in str(results[1])
     assert [r.post_id for r in (results[0], results[2])] == ["a", "c"]  # type: ignore[union-attr]
+
+
+def test_a_step_with_no_post_to_work_on_passes_the_batch_through() -> None:
+    """Every post of the run already failed (or left): each node passes the batch on unchanged."""
+    deps = GraphDeps(llm=FakeChatModel(), prompts=load_prompts())
+    failed: PostState = {"post": Post(id="x", text=TWEET), "failure": NodeFailure("extract", ValueError("x"), 1)}
+    detached: PostState = {"post": Post(id="y", text=TWEET), "detached": True}
+    batch: BatchState = {"posts": [failed, detached]}
+    node = BatchNode("generate", MikoNodes(deps).generate, lambda state: True, RetryPolicy())
+
+    assert asyncio.run(node.run_batch(batch, {})) == {}
+    final = asyncio.run(build_graph(deps).ainvoke(batch))
+    assert final["posts"] == [failed, detached]

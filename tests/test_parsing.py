@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from graph.contracts import KeyInfo
 from graph.parsing import (
     MAX_COMPLETION_WORDS,
     Cleaned,
+    _shared_letters,
     clean_completion,
     full_sentence,
     is_duplicate,
@@ -327,3 +331,11 @@ def test_parse_key_info_long_values_are_cut() -> None:
 )
 def test_parse_yes_no(raw: str, expected: float | None) -> None:
     assert parse_yes_no(raw) == expected
+
+
+def test_shared_letters_is_the_multiset_intersection() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        a = "".join(rng.choices("abcde '-", k=rng.randint(0, 20)))
+        b = "".join(rng.choices("abcdef ", k=rng.randint(0, 20)))
+        assert _shared_letters(a, b) == sum((Counter(a) & Counter(b)).values())

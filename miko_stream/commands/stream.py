@@ -117,6 +117,7 @@ def run(
     from consumers.io import KafkaClientError
     from consumers.stream import StreamFailed, StreamOptions, StreamProcessor
     from graph.models.base import ModelSpecError
+    from miko_stream.gc_tuning import tune_gc_after_startup
     from miko_stream.metrics import ObservedPipeline, ProcessorMetrics
     from miko_stream.wiring import build_pipeline
 
@@ -149,6 +150,7 @@ def run(
         create_topics=create_topics,
     )
     processor = ObservedPipeline(pipeline) if metrics_port else pipeline
+    tune_gc_after_startup()  # the model and tables stay for the process's life: keep them out of the collector's way
     stream = StreamProcessor(processor, settings.kafka(), settings.limits(), options)
     if metrics_port:
         try:
