@@ -27,8 +27,16 @@ class FastSegmenter:
         self.total: float = tables.total
         self.limit: int = tables.limit
         self.clean = tables.clean
-        # Words that start a known bigram and are known words: only they can change the next word's score.
-        self.starters = {bigram.partition(" ")[0] for bigram in self.bigrams} & self.unigrams.keys()
+        # Known words that start a known bigram (only they can change the next word's score), with the words
+        # that follow them in a bigram and its count: one lookup per candidate instead of building "a b" keys.
+        self.followers: dict[str, dict[str, float]] = {}
+        for bigram, count in self.bigrams.items():
+            previous, _, word = bigram.partition(" ")
+            if previous in self.unigrams:
+                self.followers.setdefault(previous, {})[word] = count
+        # log10 unigram scores computed once: per known word (bounded by the table), per length for unknown ones.
+        self._known_logs: dict[str, float] = {}
+        self._unknown_logs = [math.log10(10.0 / (self.total * 10**length)) for length in range(self.limit + 1)]
 
     def segment(self, text: str) -> list[str]:
         clean = self.clean(text)
@@ -46,6 +54,17 @@ class FastSegmenter:
             return self.unigrams[word] / self.total
         return 10.0 / (self.total * 10 ** len(word))
 
+    def _log_unigram(self, word: str) -> float:
+        """log10 of :meth:`_unigram_score`, the same float as computing it afresh."""
+        known = self._known_logs.get(word)
+        if known is not None:
+            return known
+        count = self.unigrams.get(word)
+        if count is None:
+            return self._unknown_logs[len(word)]
+        known = self._known_logs[word] = math.log10(count / self.total)
+        return known
+
     def _search(self, text: str) -> list[str]:
         """The best words for ``text`` from ``<s>``.
 
@@ -56,7 +75,7 @@ class FastSegmenter:
         """
         if not text:
             return []
-        n, limit, unigrams, total, starters = len(text), self.limit, self.unigrams, self.total, self.starters
+        n, limit, starters = len(text), self.limit, self.followers
         plain: dict[int, tuple[float, list[str]]] = {n: (0.0, [])}
         after: dict[tuple[int, str], tuple[float, list[str]]] = {}
         for start in range(n - 1, -1, -1):
@@ -64,9 +83,7 @@ class FastSegmenter:
             for end in range(start + 1, min(n, start + limit) + 1):
                 word = text[start:end]
                 suffix = after.get((end, word)) or plain[end]
-                count = unigrams.get(word)
-                score = count / total if count is not None else 10.0 / (total * 10 ** len(word))
-                candidates.append((end, word, math.log10(score), suffix))
+                candidates.append((end, word, self._log_unigram(word), suffix))
             if start:
                 known = [word for i in range(max(0, start - limit), start) if (word := text[i:start]) in starters]
             else:
@@ -82,8 +99,9 @@ class FastSegmenter:
         """``{previous: {end: log-score of text[start:end] after previous}}`` where that pair is a bigram."""
         found: dict[str, dict[int, float]] = {}
         for previous in known:
+            follows = self.followers[previous]
             for end, word, _, _ in candidates:
-                count = self.bigrams.get(f"{previous} {word}")
+                count = follows.get(word)
                 if count is not None:
                     score = count / self.total / self._unigram_score(previous)
                     found.setdefault(previous, {})[end] = math.log10(score)
