@@ -7,8 +7,9 @@ inputs without them, each marked ``*`` when it exceeds seed noise: |Δ| > 2·sqr
 errors of the difference of two means). Beside the grid, the floor: a logistic regression on the frozen
 pretrained encoder's mean-pooled features of the same inputs (deterministic, one value per input variant).
 
-Every finished run is appended to ``--results`` (JSONL); a re-run skips the runs already there, so a grid
-can be stopped and resumed, or extended cell by cell.
+Every finished run and floor is appended to ``--results`` (JSONL; floors as ``"aux": "floor"``); a re-run skips
+what is already there, so a grid can be stopped and resumed, extended cell by cell, or split across processes
+whose result files are concatenated for ``--report``.
 
 Run from the project root (a held-out split first, written outside the project):
     miko-stream distill split ../shared/data/teacher_intentions.jsonl --out-dir /tmp/sarcasm-split
@@ -47,6 +48,7 @@ from graph.classifiers.model import SarcasmStudent, StudentConfig
 from graph.classifiers.train import TrainConfig, encoded_scores, train_student
 
 METRICS = ("f1", "roc_auc", "pr_auc")
+FLOOR = "floor"
 WITHOUT_INTENTIONS = {InputSet.TEXT_INTENTIONS: InputSet.TEXT, InputSet.ALL: InputSet.TEXT_CAPTION}
 
 
@@ -91,6 +93,13 @@ def floor(
     return classification_metrics([post.label or 0 for post in test], scores)
 
 
+def _saved(row: dict, results: Path) -> dict:
+    """Appends one finished run (or floor) to the results file, so a stopped grid resumes after it."""
+    with results.open("a") as out:
+        out.write(json.dumps(row) + "\n")
+    return row
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     values = [value for value in values if not math.isnan(value)]
     if not values:
@@ -110,6 +119,16 @@ def delta(a: Sequence[float], b: Sequence[float]) -> str:
     return f"{diff:+.4f}{'*' if abs(diff) > noise else ' '} (noise {noise:.4f})"
 
 
+def against_floor(values: Sequence[float], floor_value: float) -> str:
+    """``mean - floor`` with a verdict: above/below when two standard errors of the mean clear it, else noise."""
+    mean, std = mean_std(values)
+    if math.isnan(mean) or math.isnan(floor_value):
+        return "n/a"
+    margin = 2 * std / math.sqrt(len(values)) + 1e-9 if len(values) > 1 else math.inf  # 1e-9: float rounding
+    verdict = "above" if mean - margin > floor_value else "below" if mean + margin < floor_value else "within noise"
+    return f"{round(mean - floor_value, 4) + 0.0:+.4f} ({verdict})"  # + 0.0: no "-0.0000"
+
+
 def print_table(runs: list[dict], floors: dict[str, dict[str, float]]) -> None:
     cells: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
@@ -127,14 +146,20 @@ def print_table(runs: list[dict], floors: dict[str, dict[str, float]]) -> None:
     print("\ndeltas (mean difference; * = beyond seed noise, |Δ| > 2·SE of the difference; ? = too few seeds)")
     for (inputs, aux), group in sorted(cells.items()):
         if aux != "none" and (inputs, "none") in cells:
-            base = cells[(inputs, "none")]
-            shown = ", ".join(f"{name} {delta([r[name] for r in group], [r[name] for r in base])}" for name in METRICS)
-            print(f"  {aux} over none, inputs {inputs}: {shown}")
+            print(f"  {aux} over none, inputs {inputs}: {_per_metric(group, cells[(inputs, 'none')])}")
         without = WITHOUT_INTENTIONS.get(InputSet(inputs))
         if without and (str(without), aux) in cells:
-            base = cells[(str(without), aux)]
-            shown = ", ".join(f"{name} {delta([r[name] for r in group], [r[name] for r in base])}" for name in METRICS)
-            print(f"  {inputs} over {without}, aux {aux}: {shown}")
+            print(f"  {inputs} over {without}, aux {aux}: {_per_metric(group, cells[(str(without), aux)])}")
+    if floors:
+        print("\nagainst the floor (cell mean - floor; above/below = beyond 2 standard errors of the cell mean)")
+    for (inputs, aux), group in sorted(cells.items()):
+        if inputs in floors:
+            shown = ", ".join(f"{m} {against_floor([r[m] for r in group], floors[inputs][m])}" for m in METRICS)
+            print(f"  {inputs} aux {aux}: {shown}")
+
+
+def _per_metric(group: Sequence[dict], base: Sequence[dict]) -> str:
+    return ", ".join(f"{m} {delta([r[m] for r in group], [r[m] for r in base])}" for m in METRICS)
 
 
 def main() -> None:
@@ -169,23 +194,21 @@ def main() -> None:
         flush=True,
     )
     started = time.perf_counter()
-    floors: dict[str, dict[str, float]] = {}
     for variant in [] if args.report else inputs:  # one variant at a time: the frozen-bottom cache holds one variant
-        if not args.no_floor:
-            floors[str(variant)] = floor(train, test, variant, args.train_layers, args.max_length)
-            print(f"floor {variant}: " + " ".join(f"{m}={floors[str(variant)][m]:.4f}" for m in METRICS), flush=True)
+        if not args.no_floor and not any(r["inputs"] == variant and r["aux"] == FLOOR for r in done):
+            metrics = floor(train, test, variant, args.train_layers, args.max_length)
+            done.append(_saved({"inputs": str(variant), "aux": FLOOR, **metrics}, args.results))
+            print(f"floor {variant}: " + " ".join(f"{m}={metrics[m]:.4f}" for m in METRICS), flush=True)
         for aux in auxes:
             for seed in seeds:
-                if any(r["inputs"] == variant and r["aux"] == aux.spec() and r["seed"] == seed for r in done):
+                if any(r["inputs"] == variant and r["aux"] == aux.spec() and r.get("seed") == seed for r in done):
                     continue
                 config = TrainConfig(
                     inputs=variant, aux=aux, seed=seed, epochs=args.epochs,
                     train_layers=args.train_layers, max_length=args.max_length,
                 )  # fmt: skip
-                run = run_cell(train, test, config)
+                run = _saved(run_cell(train, test, config), args.results)
                 done.append(run)
-                with args.results.open("a") as out:
-                    out.write(json.dumps(run) + "\n")
                 print(
                     f"{variant} aux={aux.spec()} seed={seed}: "
                     + " ".join(f"{m}={run[m]:.4f}" for m in METRICS)
@@ -193,7 +216,8 @@ def main() -> None:
                     flush=True,
                 )
     wanted = {(str(v), a.spec()) for v in inputs for a in auxes}
-    print_table([r for r in done if (r["inputs"], r["aux"]) in wanted and r["seed"] in seeds], floors)
+    floors = {r["inputs"]: r for r in done if r["aux"] == FLOOR and InputSet(r["inputs"]) in inputs}
+    print_table([r for r in done if (r["inputs"], r["aux"]) in wanted and r.get("seed") in seeds], floors)
     print(f"\nwall time {time.perf_counter() - started:.0f}s, load {os.getloadavg()}")
 
 

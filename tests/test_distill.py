@@ -335,3 +335,30 @@ def test_posts_done_early_are_classified_while_others_regenerate(saved_student: 
     need = next(item for item in slow.intentions if item.relation == Relation.X_NEED)
     assert need.attempts == 2 and need.verified
     assert set(slow.classifications) == set(quick.classifications) == {"sarcasm"}
+
+
+def test_grid_report_reads_runs_and_floors_from_the_results_file(
+    toy_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import distill as grid
+
+    def run(inputs: str, aux: str, seed: int, auc: float) -> dict:
+        return {"inputs": inputs, "aux": aux, "seed": seed, "f1": 0.7, "roc_auc": auc, "pr_auc": 0.8, "seconds": 9}
+
+    rows = [run("text", "none", seed, 0.70 + 0.01 * seed) for seed in range(3)]
+    rows += [run("text", "itc,itm", seed, 0.90 + 0.01 * seed) for seed in range(3)]
+    rows += [run("text+intentions", "none", seed, 0.71 + 0.01 * seed) for seed in range(3)]
+    rows += [{"inputs": "text", "aux": "floor", "f1": 0.7, "roc_auc": 0.80, "pr_auc": 0.8}]
+    results = write_jsonl(rows, tmp_path / "grid.jsonl")
+    train, held = toy_files
+    argv = ["distill", "--train", str(train), "--eval", str(held), "--results", str(results), "--report"]
+    monkeypatch.setattr("sys.argv", [*argv, "--inputs", "text,text+intentions", "--aux", "none", "--aux", "itc,itm"])
+    grid.main()
+    out = capsys.readouterr().out
+    assert "| text | none | 3 | 0.7000 ± 0.0000 | 0.7100 ± 0.0100 |" in out
+    assert "| text | floor: logistic regression on frozen features | - | 0.7000 | 0.8000 | 0.8000 | - |" in out
+    assert "itc,itm over none, inputs text: f1 +0.0000  (noise 0.0000), roc_auc +0.2000* (noise 0.0163)" in out
+    assert "text+intentions over text, aux none: f1 +0.0000  (noise 0.0000), roc_auc +0.0100  (noise" in out
+    assert "text aux itc,itm: f1 +0.0000 (within noise), roc_auc +0.1100 (above)" in out
+    assert "text aux none: f1 +0.0000 (within noise), roc_auc -0.0900 (below), pr_auc +0.0000 (within noise)" in out
+    assert grid.against_floor([0.79, 0.80, 0.81], 0.80) == "+0.0000 (within noise)"
