@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_index_support import apply, make_doc, open_index, sample_docs
+from helpers.index import apply, make_doc, open_index, sample_docs
 
 from consumers.indexer import Indexer
 from consumers.kafka_config import KafkaConfig
@@ -19,16 +18,8 @@ KEY = "s3cret-key"
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[IntentionIndex]:
-    opened = open_index(tmp_path)
-    apply(opened, sample_docs())
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def client(index: IntentionIndex) -> TestClient:
-    return TestClient(create_app(index))
+def client(sample_index: IntentionIndex) -> TestClient:
+    return TestClient(create_app(sample_index))
 
 
 def test_search_returns_ranked_hits_with_post_text(client: TestClient) -> None:
@@ -88,9 +79,9 @@ def test_stats_health_metrics_and_openapi(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def test_healthz_reports_a_failed_indexer(index: IntentionIndex) -> None:
-    indexer = Indexer(index, KafkaConfig(intentions_topic="t"))
-    client = TestClient(create_app(index, indexer=indexer))
+def test_healthz_reports_a_failed_indexer(sample_index: IntentionIndex) -> None:
+    indexer = Indexer(sample_index, KafkaConfig(intentions_topic="t"))
+    client = TestClient(create_app(sample_index, indexer=indexer))
     assert client.get("/healthz").json()["indexer"] == "stopped"
     indexer.error = "KafkaError: gone"
     response = client.get("/healthz")
@@ -99,8 +90,8 @@ def test_healthz_reports_a_failed_indexer(index: IntentionIndex) -> None:
     assert stats["topic"] == "t" and stats["error"] == "KafkaError: gone"
 
 
-def test_api_key_is_required_when_configured(index: IntentionIndex) -> None:
-    client = TestClient(create_app(index, config=ApiConfig(api_key=KEY)))
+def test_api_key_is_required_when_configured(sample_index: IntentionIndex) -> None:
+    client = TestClient(create_app(sample_index, config=ApiConfig(api_key=KEY)))
     for path in ("/search?q=dog", "/posts/p-dog", "/similar/p-dog", "/stats"):
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401, path
@@ -120,12 +111,12 @@ def test_api_key_is_required_when_configured(index: IntentionIndex) -> None:
     }
 
 
-def test_cors_is_off_by_default_and_configurable(index: IntentionIndex) -> None:
+def test_cors_is_off_by_default_and_configurable(sample_index: IntentionIndex) -> None:
     origin = {"Origin": "https://dash.example"}
-    closed = TestClient(create_app(index)).get("/healthz", headers=origin)
+    closed = TestClient(create_app(sample_index)).get("/healthz", headers=origin)
     assert "access-control-allow-origin" not in closed.headers
     config = ApiConfig(cors_origins=("https://dash.example",))
-    opened = TestClient(create_app(index, config=config)).get("/healthz", headers=origin)
+    opened = TestClient(create_app(sample_index, config=config)).get("/healthz", headers=origin)
     assert opened.headers["access-control-allow-origin"] == "https://dash.example"
 
 

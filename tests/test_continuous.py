@@ -3,85 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pytest
+from helpers.models import CountingStepper, gather_together
+from helpers.wait import wait_until
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from graph.models.local import LocalChatModel
-from graph.models.local.batcher import ContinuousBatcher, Running
+from graph.models.local.batcher import ContinuousBatcher
 from graph.models.local.engine import CallTrace
 from graph.models.registry import LLMConfig, build_chat_model
 
 
-class Counter:
-    """A stepper whose request "n" runs n steps and returns "n done"; "score" needs no slot; "bad" fails."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, list[int]] = {}  # handle -> [steps left, n]
-        self.next = 0
-        self.starts: list[list[str]] = []
-        self.widths: list[int] = []
-        self.crash_step = False
-        self.gate = threading.Event()
-        self.gate.set()
-
-    @property
-    def live(self) -> int:
-        return len(self.rows)
-
-    def needs_slot(self, request: str) -> bool:
-        return request != "score"
-
-    def start(self, requests: Sequence[str]) -> list[str | BaseException | Running]:
-        self.starts.append(list(requests))
-        if "bad" in requests and len(requests) > 1:
-            raise RuntimeError("the pass blew up")
-        outcomes: list[str | BaseException | Running] = []
-        for request in requests:
-            if request == "bad":
-                outcomes.append(ValueError("bad request"))
-            elif request == "score":
-                outcomes.append("scored")
-            else:
-                self.next += 1
-                self.rows[self.next] = [int(request), int(request)]
-                outcomes.append(Running(self.next))
-        return outcomes
-
-    def step(self) -> list[tuple[Hashable, str]]:
-        self.gate.wait(5)
-        if self.crash_step:
-            raise RuntimeError("step blew up")
-        self.widths.append(len(self.rows))
-        done = []
-        for handle, row in list(self.rows.items()):
-            row[0] -= 1
-            if row[0] == 0:
-                done.append((handle, f"{row[1]} done"))
-                del self.rows[handle]
-        return done
-
-    def abandon(self) -> None:
-        self.rows.clear()
-
-
 async def test_short_requests_leave_early_and_new_ones_join() -> None:
-    stepper = Counter()
-    batcher = ContinuousBatcher(stepper, max_batch_size=4, max_wait_ms=50)
+    stepper = CountingStepper()
+    stepper.gate.clear()  # "30" starts, then waits in its first step until "2" is queued
+    batcher = ContinuousBatcher(stepper, max_batch_size=4, max_wait_ms=0)
     long_job = asyncio.ensure_future(batcher.arun("30"))
-    short = await batcher.arun("2")  # admitted while "30" runs, finishes long before it
-    assert short == "2 done" and not long_job.done()
-    assert await long_job == "30 done"
-    assert max(stepper.widths) == 2 and stepper.widths[-1] == 1  # the batch shrank when "2" left
+    await wait_until(lambda: stepper.starts == [["30"]], what='"30" to start')
+    short = asyncio.ensure_future(batcher.arun("2"))  # joins the running batch after the first step
+    await asyncio.sleep(0)  # lets it submit (loop order, not a clock)
+    stepper.gate.set()
+    assert (await short, await long_job) == ("2 done", "30 done")
+    assert stepper.widths == [1, 2, 2] + [1] * 27  # "2" joined after one step and left two steps later
     batcher.close()
 
 
 async def test_admission_fills_free_slots_and_scores_take_none() -> None:
-    stepper = Counter()
-    batcher = ContinuousBatcher(stepper, max_batch_size=4, max_wait_ms=50)
+    stepper = CountingStepper()
+    # The first pass waits for 2 x max_batch_size requests: all eight (the long wait only bounds a failure).
+    batcher = ContinuousBatcher(stepper, max_batch_size=4, max_wait_ms=120_000)
     results = await asyncio.gather(*(batcher.arun(r) for r in ["3", "3", "3", "3", "3", "3", "score", "score"]))
     assert results == ["3 done"] * 6 + ["scored"] * 2
     first = stepper.starts[0]
@@ -92,7 +44,7 @@ async def test_admission_fills_free_slots_and_scores_take_none() -> None:
 
 
 async def test_a_failing_pass_is_retried_singly_and_a_failing_step_fails_the_running() -> None:
-    stepper = Counter()
+    stepper = CountingStepper()
     batcher = ContinuousBatcher(stepper, max_batch_size=4, max_wait_ms=50)
     outcomes = await asyncio.gather(*(batcher.arun(r) for r in ["2", "bad", "score"]), return_exceptions=True)
     assert outcomes[0] == "2 done" and outcomes[2] == "scored"
@@ -107,13 +59,13 @@ async def test_a_failing_pass_is_retried_singly_and_a_failing_step_fails_the_run
 
 
 def test_close_finishes_running_and_queued_work() -> None:
-    stepper = Counter()
+    stepper = CountingStepper()
     stepper.gate.clear()
     batcher = ContinuousBatcher(stepper, max_batch_size=2, max_wait_ms=0)
     futures = [batcher.submit(str(n)) for n in (3, 4, 5)]
     stepper.gate.set()
     batcher.close()
-    assert [f.result(1) for f in futures] == ["3 done", "4 done", "5 done"]
+    assert [f.result(60) for f in futures] == ["3 done", "4 done", "5 done"]
 
 
 # -- the engine on a tiny random-weight Llama ---------------------------------------------------------------
@@ -139,7 +91,7 @@ async def test_rows_join_and_leave_and_match_running_alone(dtype: str, tiny_mode
     traces: list[CallTrace] = []
     engine.observer = traces.append
     calls = [model.ainvoke(chat(p), max_tokens=b) for p, b in zip(posts, budgets, strict=True)]
-    together = await asyncio.gather(*calls)
+    together = await gather_together(model, *calls)  # four take the slots, the fifth waits for one
     assert [m.content for m in together] == alone
     decodes = [t for t in traces if t.kind == "decode"]
     assert max(t.rows for t in decodes) == 4  # four slots; the fifth request joined when one left

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiokafka.structs import ConsumerRecord
 from fastapi.testclient import TestClient
-from test_index_support import apply, event_bytes, open_index, sample_docs
+from helpers.index import apply, event_bytes, open_index, sample_docs
 
 from index.records import IntentionRef
 from index.service import IntentionIndex
@@ -208,22 +208,14 @@ def test_index_gives_vectors_of_posts_for_trending(tmp_path: Path) -> None:
 # ---- routes -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[IntentionIndex]:
-    opened = open_index(tmp_path)
-    apply(opened, sample_docs())
-    yield opened
-    opened.close()
-
-
 def dashboard_client(index: IntentionIndex, api_key: str | None) -> TestClient:
     app = create_app(index, config=ApiConfig(api_key=api_key))
     mount_dashboard(app, Dashboard(index, None, None), api_key)
     return TestClient(app)
 
 
-def test_page_and_vendored_charting_library_are_served_from_the_package(index: IntentionIndex) -> None:
-    client = dashboard_client(index, KEY)
+def test_page_and_vendored_charting_library_are_served_from_the_package(sample_index: IntentionIndex) -> None:
+    client = dashboard_client(sample_index, KEY)
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/static/vendor/uplot/uPlot.iife.min.js" in page.text and "http" not in page.text.split("<body>")[1]
@@ -233,8 +225,8 @@ def test_page_and_vendored_charting_library_are_served_from_the_package(index: I
     assert licence.status_code == 200 and "MIT" in licence.text
 
 
-def test_api_key_guards_state_and_event_stream(index: IntentionIndex) -> None:
-    client = dashboard_client(index, KEY)
+def test_api_key_guards_state_and_event_stream(sample_index: IntentionIndex) -> None:
+    client = dashboard_client(sample_index, KEY)
     assert client.get("/dashboard/token").status_code == 401
     assert client.get("/dashboard/state").status_code == 401
     token = client.get("/dashboard/token", headers={"X-API-Key": KEY}).json()["token"]
@@ -245,6 +237,6 @@ def test_api_key_guards_state_and_event_stream(index: IntentionIndex) -> None:
     assert state["relations"][0] == "xWant" and state["health"]["indexer"] == {"status": "absent"}
 
 
-def test_without_a_key_the_token_is_null(index: IntentionIndex) -> None:
-    client = dashboard_client(index, None)
+def test_without_a_key_the_token_is_null(sample_index: IntentionIndex) -> None:
+    client = dashboard_client(sample_index, None)
     assert client.get("/dashboard/token").json() == {"token": None}

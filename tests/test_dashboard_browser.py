@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka_helpers import produce
+from helpers.kafka import produce
 
 from miko_stream.broker import EmbeddedBroker, free_port
 
@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
 ]  # fmt: skip
-WAIT_MS = 60_000
+WAIT_MS = 120_000  # per expectation; each passes as soon as the page shows it (load ~40 seen in CI)
 POSTS = [
     ("web-1", "selling 10k followers cheap, dm me for prices #growth"),
     ("web-2", "finally finished my first marathon!!! legs are dead"),
@@ -44,7 +44,7 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
         return subprocess.Popen([sys.executable, "-m", "miko_stream", *args], stdout=output, stderr=output, env=env)
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -108,7 +108,7 @@ def post_records() -> list[tuple[bytes | None, bytes | None]]:
 def produce_now(bootstrap: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
     """Produce from a thread of its own: Playwright's sync API runs an event loop in this one."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, produce(bootstrap, "miko.posts", records)).result(timeout=60)
+        pool.submit(asyncio.run, produce(bootstrap, "miko.posts", records)).result(timeout=120)
 
 
 def launch_chromium(playwright: object, profile: Path) -> object:
@@ -119,11 +119,11 @@ def launch_chromium(playwright: object, profile: Path) -> object:
         )
     return playwright.chromium.launch_persistent_context(  # type: ignore[attr-defined]
         str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": 1280, "height": 800}, timeout=90_000,
+        viewport={"width": 1280, "height": 800}, timeout=180_000,
     )  # fmt: skip
 
 
-@pytest.mark.timeout(360)  # the page needs well under a minute; a browser that never starts fails sooner
+@pytest.mark.timeout(900)  # the page needs well under a minute; this only bounds a hang on a loaded machine
 def test_dashboard_shows_the_live_stream_in_a_browser(services: dict[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.posts import write_jsonl
 from typer.testing import CliRunner
 
 from graph.contracts import Intention, IntentionEvent, ModelInfo, Post, Relation
@@ -44,11 +44,6 @@ class OneHotWords:
 
     def tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self._matrix(self._ids(t)) for t in texts]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def teacher_record(post_id: str, text: str, intentions: dict[str, str]) -> dict:

@@ -13,26 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi.testclient import TestClient
-from kafka_helpers import (
-    Outputs,
-    collect,
-    create_topics,
-    outputs_of,
-    post_line,
-    produce,
-    unique_config,
-    wait_until,
-)
+from helpers.http import FAULTS, ChatServer, serve_chat
+from helpers.kafka import Outputs, collect, create_topics, outputs_of, post_line, produce, unique_config
+from helpers.stream import ScriptedProcessor, running, stream_for
+from helpers.wait import wait_for_port_free, wait_until
 from prometheus_client import REGISTRY
-from stubs import FAULTS, FaultyChatState, faulty_chat_handler, serve_http
-from test_stream import ScriptedProcessor, running, stream_for
 
 from consumers.indexer import Indexer, IndexerConfig
 from consumers.kafka_config import KafkaConfig
@@ -84,24 +77,18 @@ async def test_broker_cli_killed_with_sigkill_leaves_no_orphan(tmp_path: Path) -
         cli = subprocess.Popen(command, stdout=log, stderr=log)
     tansu = None
     try:
-        assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 30.0), "the broker did not start"
+        assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 120.0), "the broker did not start"
         (tansu,) = _children(cli.pid)
         cli.send_signal(signal.SIGKILL)
-        cli.wait(timeout=10)
-        await wait_until(lambda: not _alive(tansu), timeout_s=10, what="Tansu to die with its parent")
-        await asyncio.to_thread(_wait_port_free, port)
+        cli.wait(timeout=60)
+        await wait_until(lambda: not _alive(tansu), timeout_s=180, what="Tansu to die with its parent")
+        await asyncio.to_thread(wait_for_port_free, port)
     finally:
         if cli.poll() is None:
             cli.kill()
         if tansu is not None and _alive(tansu):  # the test failed: do not leave the orphan behind
             os.kill(tansu, signal.SIGKILL)
     print(f"AUDIT broker-cli-sigkill: cli pid {cli.pid} killed, Tansu pid {tansu} gone, port {port} free")
-
-
-def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while wait_for_port("127.0.0.1", port, 0.2):
-        assert time.monotonic() < deadline, f"port {port} still held"
 
 
 # ------------------------------------------------------------------------------------------- outages
@@ -132,6 +119,21 @@ async def commit_offsets(config: KafkaConfig, positions: dict[int, int]) -> None
         await consumer.stop()
 
 
+@contextlib.asynccontextmanager
+async def indexing(config: KafkaConfig, root: Path, **options: Any) -> AsyncIterator[tuple[IntentionIndex, Indexer]]:
+    """The indexer of `serve` (without its HTTP API) running on ``config``'s topic until the block ends."""
+    index = IntentionIndex.open(IndexSettings(root / "index"), HashingEmbedder(64), writer=True)
+    indexer = Indexer(index, config, IndexerConfig(snapshot_interval_s=1.0, **options))
+    stop = asyncio.Event()
+    task = asyncio.create_task(indexer.run(stop))
+    try:
+        yield index, indexer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 120)
+        index.close()
+
+
 def _indexed(index: IntentionIndex, ids: set[str]) -> bool:
     return all(index.document(post_id) is not None for post_id in ids)
 
@@ -144,28 +146,19 @@ async def test_broker_frozen_mid_stream_with_data_kept(fresh_broker: EmbeddedBro
     await produce(config.bootstrap, config.posts_topic, first)
     processor = ScriptedProcessor(delay_s=0.02)
     stream = stream_for(config, processor, max_in_flight=8)
-    index = IntentionIndex.open(IndexSettings(tmp_path / "index"), HashingEmbedder(64), writer=True)
-    indexer = Indexer(index, config, IndexerConfig(snapshot_interval_s=1.0, poll_timeout_ms=100))
-    stop_indexer = asyncio.Event()
-    indexing = asyncio.create_task(indexer.run(stop_indexer))
-    try:
-        async with running(stream):
-            await wait_until(lambda: processor.calls.total() >= 10, timeout_s=60, what="processing to start")
-            process = fresh_broker._process
-            assert process is not None
-            process.send_signal(signal.SIGSTOP)
-            try:
-                await asyncio.sleep(OUTAGE_S)  # the fault itself lasts this long; nothing is asserted after it
-            finally:
-                process.send_signal(signal.SIGCONT)
-            await produce(config.bootstrap, config.posts_topic, second)
-            inputs = {key.decode() for key, _ in first + second}
-            outputs = await _outputs_for(config, inputs, timeout_s=120)
-            await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the index to catch up")
-    finally:
-        stop_indexer.set()
-        await asyncio.wait_for(indexing, 60)
-        index.close()
+    async with indexing(config, tmp_path, poll_timeout_ms=100) as (index, indexer), running(stream):
+        await wait_until(lambda: processor.calls.total() >= 10, timeout_s=180, what="processing to start")
+        process = fresh_broker._process
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(OUTAGE_S)  # the fault itself lasts this long; nothing is asserted after it
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await produce(config.bootstrap, config.posts_topic, second)
+        inputs = {key.decode() for key, _ in first + second}
+        outputs = await _outputs_for(config, inputs, timeout_s=120)
+        await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the index to catch up")
     audit(f"broker-frozen-{OUTAGE_S:g}s-data-kept", inputs, outputs)
     assert stream.offset_resets == [] and indexer.offset_resets == [], "no data was lost: nothing to reset"
 
@@ -179,43 +172,34 @@ async def test_broker_restarted_without_its_data(fresh_broker: EmbeddedBroker, t
     await produce(config.bootstrap, config.posts_topic, before)
     processor = ScriptedProcessor()
     stream = stream_for(config, processor, position_check_interval_s=1.0)
-    index = IntentionIndex.open(IndexSettings(tmp_path / "index"), HashingEmbedder(64), writer=True)
-    indexer = Indexer(index, config, IndexerConfig(snapshot_interval_s=1.0, position_check_interval_s=1.0))
-    stop_indexer = asyncio.Event()
-    indexing = asyncio.create_task(indexer.run(stop_indexer))
-    try:
-        async with running(stream):
-            old_ids = {key.decode() for key, _ in before}
-            await _outputs_for(config, old_ids, timeout_s=60)
-            await wait_until(lambda: _indexed(index, old_ids), timeout_s=60, what="the first posts indexed")
-            old_positions = {int(name.rsplit(":", 1)[1]): offset for name, offset in stream.stats.committed.items()}
-            fresh_broker.stop()
-            await asyncio.sleep(OUTAGE_S)  # the outage itself; nothing is asserted after it
-            fresh_broker.start()  # same port, empty
-            await ensure_topics(config.model_copy(update={"topic_partitions": 4}), [config.posts_topic])
-            # What a commit that failed in the outage and was retried after it does: the old positions land in
-            # the restarted broker's group, past the new ends (refused if the processor rejoined first).
-            with contextlib.suppress(Exception):  # best effort: it races the processor's rejoin
-                await commit_offsets(config, old_positions)
-            await ensure_topics(config, [config.intentions_topic, config.dlq_topic])
-            partitions = await produce(config.bootstrap, config.posts_topic, after)
-            assert 3 in partitions, "some new posts are on the added partition"
-            inputs = {key.decode() for key, _ in after}
-            outputs = await _outputs_for(config, inputs, timeout_s=180)
-            await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the new posts indexed")
-            # Reported within a check interval of the first fetch from the new log (which may come after the
-            # posts went through, when a rebalance already restarted the partitions).
-            reported = lambda: stream.stats.offset_resets >= 1 and bool(indexer.offset_resets)  # noqa: E731
-            await wait_until(reported, timeout_s=60, what="the loss reported by run and serve")
-            assigned = {tp.partition for tp in stream.assignment()}
-            client = TestClient(create_app(index, indexer=indexer))
-            stats = client.get("/stats").json()["indexer"]
-            health = client.get("/healthz").json()
-            metrics = client.get("/metrics").text
-    finally:
-        stop_indexer.set()
-        await asyncio.wait_for(indexing, 60)
-        index.close()
+    async with indexing(config, tmp_path, position_check_interval_s=1.0) as (index, indexer), running(stream):
+        old_ids = {key.decode() for key, _ in before}
+        await _outputs_for(config, old_ids, timeout_s=180)
+        await wait_until(lambda: _indexed(index, old_ids), timeout_s=180, what="the first posts indexed")
+        old_positions = {int(name.rsplit(":", 1)[1]): offset for name, offset in stream.stats.committed.items()}
+        fresh_broker.stop()
+        await asyncio.sleep(OUTAGE_S)  # the outage itself; nothing is asserted after it
+        fresh_broker.start()  # same port, empty
+        await ensure_topics(config.model_copy(update={"topic_partitions": 4}), [config.posts_topic])
+        # What a commit that failed in the outage and was retried after it does: the old positions land in
+        # the restarted broker's group, past the new ends (refused if the processor rejoined first).
+        with contextlib.suppress(Exception):  # best effort: it races the processor's rejoin
+            await commit_offsets(config, old_positions)
+        await ensure_topics(config, [config.intentions_topic, config.dlq_topic])
+        partitions = await produce(config.bootstrap, config.posts_topic, after)
+        assert 3 in partitions, "some new posts are on the added partition"
+        inputs = {key.decode() for key, _ in after}
+        outputs = await _outputs_for(config, inputs, timeout_s=180)
+        await wait_until(lambda: _indexed(index, inputs), timeout_s=120, what="the new posts indexed")
+        # Reported within a check interval of the first fetch from the new log (which may come after the
+        # posts went through, when a rebalance already restarted the partitions).
+        reported = lambda: stream.stats.offset_resets >= 1 and bool(indexer.offset_resets)  # noqa: E731
+        await wait_until(reported, timeout_s=180, what="the loss reported by run and serve")
+        assigned = {tp.partition for tp in stream.assignment()}
+        client = TestClient(create_app(index, indexer=indexer))
+        stats = client.get("/stats").json()["indexer"]
+        health = client.get("/healthz").json()
+        metrics = client.get("/metrics").text
     audit("broker-restarted-data-lost (posts after the loss)", inputs, outputs)
     assert stream.stats.offset_resets >= 1 and stream.offset_resets[0].position > stream.offset_resets[0].end
     assert stats["offset_resets_total"] >= 1 and stats["offset_resets"][0]["topic"] == config.intentions_topic
@@ -236,12 +220,14 @@ async def test_model_backend_failures_are_retried_then_dead_lettered(kafka_broke
     flaky one succeeds on retry, and the posts after them in the same partition all flow."""
     config = unique_config(kafka_broker.bootstrap, topic_partitions=1)
     await create_topics(config)
-    state = FaultyChatState(hang_s=2.0)
+    stub = ChatServer(reply=lambda body: "to share a moment with friends.", offer_logprobs=False)
     normal = [(f"ok{i}".encode(), post_line(f"ok{i}", "a sunny day at the beach with friends")) for i in range(12)]
     faulty = [(f"f-{fault}".encode(), post_line(f"f-{fault}", f"{fault} happens here")) for fault in FAULTS]
     records = [*normal[:4], *faulty, *normal[4:]]  # the faults sit in the middle of one partition
-    with serve_http(faulty_chat_handler(state)) as url:
-        settings = Settings(llm=f"openai:stub@{url}/v1", vision="none", verifier="heuristic", llm_request_timeout_s=0.5)
+    with serve_chat(stub):
+        llm = f"openai:stub@{stub.url}/v1"
+        # The timeout is what FAULT_TIMEOUT (a hang) meets; 2 s leaves loaded-machine room for the normal replies.
+        settings = Settings(llm=llm, vision="none", verifier="heuristic", llm_request_timeout_s=2.0)
         pipeline = build_pipeline(settings)
         stream = StreamProcessor(pipeline, config, settings.limits(), StreamOptions(commit_interval_s=0.2))
         await produce(config.bootstrap, config.posts_topic, records)
@@ -254,9 +240,9 @@ async def test_model_backend_failures_are_retried_then_dead_lettered(kafka_broke
     for fault in ("FAULT_500", "FAULT_TIMEOUT", "FAULT_RESET"):
         letter = letters[f"f-{fault}"]
         assert letter.stage == "graph" and " in extract" in letter.error_message, letter  # names the node
-        assert state.seen[fault] > 1 and letter.attempts == 3, f"{fault} was retried"
-    assert (letters["f-FAULT_GARBAGE"].attempts, state.seen["FAULT_GARBAGE"]) == (1, 1), "garbage is not retried"
-    print(f"model faults: requests per fault {dict(state.seen)}; dead letters "
+        assert stub.seen[fault] > 1 and letter.attempts == 3, f"{fault} was retried"
+    assert (letters["f-FAULT_GARBAGE"].attempts, stub.seen["FAULT_GARBAGE"]) == (1, 1), "garbage is not retried"
+    print(f"model faults: requests per fault {dict(stub.seen)}; dead letters "
           f"{ {k: (v.stage, v.attempts, v.error_message[:80]) for k, v in letters.items()} }")  # fmt: skip
 
 

@@ -185,20 +185,42 @@ def test_a_finished_post_leaves_its_batch_before_the_others_regenerate() -> None
             return "no" if slow_marker in text and "needs to" in text else "yes"
         return scripted_output(messages)
 
-    pipe = pipeline(FakeChatModel(script=script, latency_ms=30), max_rounds=2)
-    finished: dict[str, float] = {}
+    fast_out = asyncio.Event()
+    verified: set[str] = set()
+    held: list[int] = []
+
+    class SlowSecondRound(FakeChatModel):
+        """Holds p-slow's work after the first verification until p-fast is out: if p-fast waited for
+        p-slow's second round, the test would hang."""
+
+        async def _hold(self, conversations: Sequence[Sequence[BaseMessage]]) -> None:
+            if verified and any(slow_marker in str(m.content) for c in conversations for m in c):
+                held.append(len(conversations))
+                await fast_out.wait()
+
+        async def acomplete(self, conversations, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+            await self._hold(conversations)
+            return await super().acomplete(conversations, stop, **kwargs)
+
+        async def ayes_probability(self, conversations):  # type: ignore[no-untyped-def]
+            await self._hold(conversations)
+            verified.add("first round")
+            return await super().ayes_probability(conversations)
+
+    pipe = pipeline(SlowSecondRound(script=script), max_rounds=2)
+    finished: list[str] = []
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-
         async def one(post: Post) -> None:
             await pipe.process(post)
-            finished[post.id] = loop.time()
+            finished.append(post.id)
+            fast_out.set()
 
-        await asyncio.gather(one(Post(id="fast", text=TWEET)), one(Post(id="slow", text=f"{TWEET} {slow_marker}")))
+        both = one(Post(id="fast", text=TWEET)), one(Post(id="slow", text=f"{TWEET} {slow_marker}"))
+        await asyncio.wait_for(asyncio.gather(*both), 120)  # a hang here: p-fast waited for p-slow's rounds
 
     asyncio.run(main())
-    assert finished["fast"] < finished["slow"] - 0.05, "two more rounds of 2 x 30 ms for the slow post only"
+    assert finished == ["fast", "slow"] and held, "p-slow went on after p-fast was out"
 
 
 class HangingFor(FakeChatModel):
@@ -214,7 +236,8 @@ class HangingFor(FakeChatModel):
 
 def test_a_hanging_post_hits_its_deadline_alone() -> None:
     deps = GraphDeps(llm=HangingFor(), prompts=load_prompts())
-    pipe = MikoPipeline(deps, models=MODELS, deadline_s=0.5)
+    # The deadline is what the hanging post meets; 5 s leaves a loaded machine room to finish the other two.
+    pipe = MikoPipeline(deps, models=MODELS, deadline_s=5)
     results = run_together(pipe, [Post(id="a", text=TWEET), Post(id="b", text="stuck here"), Post(id="c", text="hi")])
     assert isinstance(results[1], PostFailed) and "deadline" in str(results[1])
     assert [r.post_id for r in (results[0], results[2])] == ["a", "c"]  # type: ignore[union-attr]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import ipaddress
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers.http import PNG, ImageServer, serve_images
+from helpers.models import png
 from PIL import Image
 
 import graph.images as images
@@ -21,87 +20,13 @@ from graph.images import ImageError, ImageLimits, load_image, verify_image
 REFUSED = "not a readable file inside the image folder"
 
 
-def _png(size: tuple[int, int] = (8, 6), color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-PNG = _png()
 LOCAL = ImageLimits(allow_private_hosts=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    requests: list[str]  # set per server
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-        pass
-
-    def _send(self, status: int, body: bytes, content_type: str = "image/png", length: bool = True) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        if length:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _redirect(self, location: str) -> None:
-        self.send_response(302)
-        self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)  # type: ignore[attr-defined]
-        port = self.server.server_address[1]
-        if self.path == "/img.png":
-            self._send(200, PNG)
-        elif self.path == "/text":
-            self._send(200, b"hello, not an image", "text/plain")
-        elif self.path == "/big-declared":
-            self._send(200, b"\0" * 4096)
-        elif self.path == "/big-streamed":
-            # no Content-Length: the client only learns the size by reading
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for _ in range(64):
-                self.wfile.write(b"\0" * 1024)
-        elif self.path == "/redirect":
-            self._redirect("/img.png")
-        elif self.path == "/loop":
-            self._redirect("/loop")
-        elif self.path == "/to-other-host":
-            self._redirect(f"http://127.0.0.2:{port}/img.png")
-        elif self.path == "/to-file":
-            self._redirect("file:///etc/passwd")
-        elif self.path == "/slow":
-            time.sleep(1.0)
-            self._send(200, PNG)
-        else:
-            self._send(404, b"missing", "text/plain")
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the client aborting a download on purpose is not an error here
-
-
 @pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
-    httpd = _QuietServer(("127.0.0.1", 0), _Handler)
-    httpd.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _url(server: ThreadingHTTPServer, path: str, host: str = "127.0.0.1") -> str:
-    return f"http://{host}:{server.server_address[1]}{path}"
+def server() -> Iterator[ImageServer]:
+    with serve_images() as images_server:
+        yield images_server
 
 
 # -- base64 ------------------------------------------------------------------------------------------------
@@ -139,7 +64,7 @@ async def test_truncated_image_is_refused() -> None:
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ImageError, match="pixels"):
-        verify_image(_png((100, 100)), ImageLimits(max_pixels=5_000))
+        verify_image(png((100, 100)), ImageLimits(max_pixels=5_000))
 
 
 def test_decompression_bomb_is_refused() -> None:
@@ -225,41 +150,39 @@ async def test_text_file_is_refused(tmp_path: Path) -> None:
 # -- URLs --------------------------------------------------------------------------------------------------
 
 
-async def test_fetch_from_allowed_host(server: ThreadingHTTPServer) -> None:
-    assert await load_image(ImageRef(url=_url(server, "/img.png")), LOCAL) == PNG
+async def test_fetch_from_allowed_host(server: ImageServer) -> None:
+    assert await load_image(ImageRef(url=server.at("/img.png")), LOCAL) == PNG
 
 
-async def test_loopback_is_refused_by_default_without_any_request(server: ThreadingHTTPServer) -> None:
+async def test_loopback_is_refused_by_default_without_any_request(server: ImageServer) -> None:
     for host in ("127.0.0.1", "localhost"):
         with pytest.raises(ImageError, match="loopback, private"):
-            await load_image(ImageRef(url=_url(server, "/img.png", host)), ImageLimits())
-    assert server.requests == []  # type: ignore[attr-defined]
+            await load_image(ImageRef(url=server.at("/img.png", host)), ImageLimits())
+    assert server.requests == []
 
 
-async def test_redirect_is_followed_and_rechecked(server: ThreadingHTTPServer) -> None:
-    assert await load_image(ImageRef(url=_url(server, "/redirect")), LOCAL) == PNG
-    assert server.requests == ["/redirect", "/img.png"]  # type: ignore[attr-defined]
+async def test_redirect_is_followed_and_rechecked(server: ImageServer) -> None:
+    assert await load_image(ImageRef(url=server.at("/redirect")), LOCAL) == PNG
+    assert server.requests == ["/redirect", "/img.png"]
 
 
-async def test_redirect_loop_is_bounded(server: ThreadingHTTPServer) -> None:
+async def test_redirect_loop_is_bounded(server: ImageServer) -> None:
     with pytest.raises(ImageError, match="redirected more than 3"):
-        await load_image(ImageRef(url=_url(server, "/loop")), LOCAL)
-    assert len(server.requests) == images.MAX_REDIRECTS + 1  # type: ignore[attr-defined]
+        await load_image(ImageRef(url=server.at("/loop")), LOCAL)
+    assert len(server.requests) == images.MAX_REDIRECTS + 1
 
 
-async def test_redirect_to_disallowed_host_is_refused(
-    server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_redirect_to_disallowed_host_is_refused(server: ImageServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # Treat only 127.0.0.1 as "public" so the redirect target 127.0.0.2 plays the private host.
     monkeypatch.setattr(images, "_is_public_address", lambda address: address == ipaddress.ip_address("127.0.0.1"))
     with pytest.raises(ImageError, match=r"127\.0\.0\.2"):
-        await load_image(ImageRef(url=_url(server, "/to-other-host")), ImageLimits())
-    assert server.requests == ["/to-other-host"]  # type: ignore[attr-defined]
+        await load_image(ImageRef(url=server.at("/to-other-host")), ImageLimits())
+    assert server.requests == ["/to-other-host"]
 
 
-async def test_redirect_to_other_scheme_is_refused(server: ThreadingHTTPServer) -> None:
+async def test_redirect_to_other_scheme_is_refused(server: ImageServer) -> None:
     with pytest.raises(ImageError, match="scheme 'file'"):
-        await load_image(ImageRef(url=_url(server, "/to-file")), LOCAL)
+        await load_image(ImageRef(url=server.at("/to-file")), LOCAL)
 
 
 async def test_non_http_scheme_is_refused() -> None:
@@ -267,32 +190,30 @@ async def test_non_http_scheme_is_refused() -> None:
         await load_image(ImageRef(url="ftp://example.org/a.png"), ImageLimits())
 
 
-async def test_declared_size_over_limit_is_refused(server: ThreadingHTTPServer) -> None:
+async def test_declared_size_over_limit_is_refused(server: ImageServer) -> None:
     with pytest.raises(ImageError, match="4096 bytes, over"):
         await load_image(
-            ImageRef(url=_url(server, "/big-declared")), ImageLimits(allow_private_hosts=True, max_bytes=1024)
+            ImageRef(url=server.at("/big-declared")), ImageLimits(allow_private_hosts=True, max_bytes=1024)
         )
 
 
-async def test_streamed_size_over_limit_aborts(server: ThreadingHTTPServer) -> None:
+async def test_streamed_size_over_limit_aborts(server: ImageServer) -> None:
     with pytest.raises(ImageError, match="download aborted"):
         await load_image(
-            ImageRef(url=_url(server, "/big-streamed")), ImageLimits(allow_private_hosts=True, max_bytes=4096)
+            ImageRef(url=server.at("/big-streamed")), ImageLimits(allow_private_hosts=True, max_bytes=4096)
         )
 
 
-async def test_http_error_and_non_image_are_refused(server: ThreadingHTTPServer) -> None:
+async def test_http_error_and_non_image_are_refused(server: ImageServer) -> None:
     with pytest.raises(ImageError, match="HTTP 404"):
-        await load_image(ImageRef(url=_url(server, "/missing")), LOCAL)
+        await load_image(ImageRef(url=server.at("/missing")), LOCAL)
     with pytest.raises(ImageError, match="not a decodable image"):
-        await load_image(ImageRef(url=_url(server, "/text")), LOCAL)
+        await load_image(ImageRef(url=server.at("/text")), LOCAL)
 
 
-async def test_slow_server_times_out(server: ThreadingHTTPServer) -> None:
+async def test_slow_server_times_out(server: ImageServer) -> None:
     with pytest.raises(ImageError, match=r"longer than 0\.2 s"):
-        await load_image(
-            ImageRef(url=_url(server, "/slow")), ImageLimits(allow_private_hosts=True, fetch_timeout_s=0.2)
-        )
+        await load_image(ImageRef(url=server.at("/slow")), ImageLimits(allow_private_hosts=True, fetch_timeout_s=0.2))
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,14 @@ import asyncio
 import json
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 import uvicorn
-from test_index_support import apply, open_index, sample_docs
-from test_indexer import expected_pairs, generation, new_topic, produce
+from helpers.index import apply, expected_pairs, generation, new_topic, open_index, produce_events, sample_docs
+from helpers.wait import wait_until_sync
 from typer.testing import CliRunner
 
 from index.embeddings import HashingEmbedder
@@ -96,9 +95,7 @@ def live_server(index_dir: Path) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_sync(lambda: server.started, what="uvicorn to start")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
@@ -136,9 +133,9 @@ def test_serve_refuses_an_index_of_another_topic(index_dir: Path) -> None:
 
 
 def test_index_rebuild_replays_the_topic(kafka_broker: EmbeddedBroker, index_dir: Path) -> None:
-    kafka = asyncio.run(new_topic(kafka_broker))
+    kafka = asyncio.run(new_topic(kafka_broker.bootstrap))
     records = generation("r", range(10), deletes=[4])
-    asyncio.run(produce(kafka.bootstrap, kafka.intentions_topic, records))
+    asyncio.run(produce_events(kafka.bootstrap, kafka.intentions_topic, records))
     before = SnapshotDir(index_dir).latest()
     assert before is not None
 

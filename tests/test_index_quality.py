@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index_support import apply, make_doc
+from helpers.index import apply, make_doc
 
 from index.embeddings import (
     DEFAULT_MODEL,

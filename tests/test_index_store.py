@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_index_support import apply, make_doc, open_index, sample_docs
+from helpers.index import apply, make_doc, open_index, sample_docs
 
 from index.embeddings import HashingEmbedder
 from index.records import IntentionDoc, PostDoc

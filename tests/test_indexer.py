@@ -8,24 +8,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from test_index_support import Intentions, event_bytes
+from helpers.index import event_bytes, expected_pairs, generation, new_topic, produce_events
+from helpers.wait import wait_until, wait_until_sync
 
 from consumers.indexer import Indexer, IndexerConfig, decode_batch
 from consumers.kafka_config import KafkaConfig
-from consumers.topics import ensure_topics
 from index.embeddings import HashingEmbedder
 from index.service import IndexSettings, IntentionIndex
 from miko_stream.broker import EmbeddedBroker, free_port
-
-Record = tuple[str, bytes | None]  # (key, value); value None is a tombstone
 
 
 def record(offset: int, key: str | None, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
@@ -54,50 +50,6 @@ def test_decode_batch_keeps_the_last_state_of_each_post() -> None:
     assert e is not None and e.intentions == ()  # blank texts are not indexed, the post is still stored
 
 
-def expected_pairs(records: Iterable[Record]) -> int:
-    """Distinct verified (post, relation) pairs in the final state the records describe."""
-    state: dict[str, int] = {}
-    for key, value in records:
-        if value is None:
-            state.pop(key, None)
-        else:
-            event = json.loads(value)
-            state[key] = len({item["relation"] for item in event["intentions"] if item["verified"]})
-    return sum(state.values())
-
-
-def generation(tag: str, posts: range, deletes: Iterable[int] = ()) -> list[Record]:
-    """One event per post (relations vary with the tag and post), then tombstones for ``deletes``."""
-    records: list[Record] = []
-    for n in posts:
-        items: Intentions = {
-            "xIntent": f"{tag} wants thing {n}",
-            "xReact": (f"{tag} feels {n}", n % 3 != 0),
-        }
-        if (n + len(tag)) % 2:
-            items["oWant"] = f"{tag} others want {n}"
-        records.append((f"post-{n}", event_bytes(f"post-{n}", f"{tag} text {n}", items)))
-    records.extend((f"post-{n}", None) for n in deletes)
-    return records
-
-
-async def produce(bootstrap: str, topic: str, records: list[Record]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
-
-
-async def new_topic(broker: EmbeddedBroker) -> KafkaConfig:
-    name = f"intentions-{uuid.uuid4().hex[:8]}"
-    kafka = KafkaConfig(bootstrap=broker.bootstrap, intentions_topic=name, topic_partitions=2, indexer_group_id=name)
-    await ensure_topics(kafka, [name])
-    return kafka
-
-
 async def committed_total(kafka: KafkaConfig) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=kafka.indexer_group_id)
     await consumer.start()
@@ -114,14 +66,14 @@ def open_writer(root: Path) -> IntentionIndex:
 
 
 async def test_indexer_resumes_from_snapshot_offsets(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    kafka = await new_topic(kafka_broker)
+    kafka = await new_topic(kafka_broker.bootstrap)
     first = generation("a", range(12), deletes=[3])
-    await produce(kafka.bootstrap, kafka.intentions_topic, first)
+    await produce_events(kafka.bootstrap, kafka.intentions_topic, first)
     config = IndexerConfig(batch_size=5, stop_at_end=True)
 
     index = open_writer(tmp_path)
     indexer = Indexer(index, kafka, config)
-    await asyncio.wait_for(indexer.run(), 60)
+    await asyncio.wait_for(indexer.run(), 120)
     assert indexer.reached_end and indexer.records == len(first)
     assert len(index.store) == expected_pairs(first)
     assert index.document("post-3") is None and index.document("post-4") is not None
@@ -132,10 +84,10 @@ async def test_indexer_resumes_from_snapshot_offsets(kafka_broker: EmbeddedBroke
     index.close()
 
     second = generation("bb", range(8, 16), deletes=[9])
-    await produce(kafka.bootstrap, kafka.intentions_topic, second)
+    await produce_events(kafka.bootstrap, kafka.intentions_topic, second)
     index = open_writer(tmp_path)
     indexer = Indexer(index, kafka, config)
-    await asyncio.wait_for(indexer.run(), 60)
+    await asyncio.wait_for(indexer.run(), 120)
     assert indexer.records == len(first) + len(second)  # the first generation was not consumed again
     assert len(index.store) == expected_pairs(first + second)
     assert [hit.text for hit in index.search("bb wants thing 8", k=1)] == ["bb wants thing 8"]
@@ -143,19 +95,17 @@ async def test_indexer_resumes_from_snapshot_offsets(kafka_broker: EmbeddedBroke
 
 
 async def test_indexer_stops_on_request_and_snapshots(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
-    kafka = await new_topic(kafka_broker)
+    kafka = await new_topic(kafka_broker.bootstrap)
     records = generation("s", range(6))
-    await produce(kafka.bootstrap, kafka.intentions_topic, records)
+    await produce_events(kafka.bootstrap, kafka.intentions_topic, records)
     index = open_writer(tmp_path)
     indexer = Indexer(index, kafka, IndexerConfig(snapshot_interval_s=3600))
     stop = asyncio.Event()
     running = asyncio.create_task(indexer.run(stop))
-    deadline = time.monotonic() + 30
-    while indexer.records < len(records) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: indexer.records >= len(records), what="the indexer to read every record")
     assert indexer.records == len(records) and index.store.last_snapshot is None
     stop.set()
-    await asyncio.wait_for(running, 30)
+    await asyncio.wait_for(running, 120)
     assert index.store.last_snapshot is not None and not index.store.dirty
     assert indexer.stats()["running"] is False
     index.close()
@@ -165,7 +115,7 @@ async def test_indexer_stops_on_request_and_snapshots(kafka_broker: EmbeddedBrok
     # ... but a new index in the same group starts from the beginning, not from the group's commits.
     other = open_writer(tmp_path / "other")
     again = Indexer(other, kafka, IndexerConfig(stop_at_end=True))
-    await asyncio.wait_for(again.run(), 30)
+    await asyncio.wait_for(again.run(), 120)
     assert again.records == len(records) and len(other.store) == expected_pairs(records)
     other.close()
 
@@ -195,53 +145,72 @@ class Server:
             return None
         return response.json() if response.status_code == 200 else None
 
-    def wait_for_records(self, records: int, timeout: float = 180) -> dict:  # a deadline, not a timing: load 30 seen
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_for_records(self, records: int, caught_up: bool = False) -> dict:
+        """Polls /stats until ``records`` are indexed (and, with ``caught_up``, no lag is left)."""
+        seen: dict = {}
+
+        def indexed() -> bool:
             assert self.process.poll() is None, "serve exited early"
-            stats = self.stats()
-            if stats and stats["indexer"]["records"] >= records:
-                return stats
-            time.sleep(0.1)
-        raise AssertionError(f"serve did not index {records} records in {timeout}s: {self.stats()}")
+            seen["stats"] = stats = self.stats()
+            if not stats or stats["indexer"]["records"] < records:
+                return False
+            return not caught_up or all(p["lag"] == 0 for p in stats["indexer"]["partitions"])
+
+        wait_until_sync(indexed, timeout_s=300, what=f"serve to index {records} records", every_s=0.1)
+        return seen["stats"]
 
     def stop(self, sig: signal.Signals) -> int:
         self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
+        return self.process.wait(timeout=120)
+
+    def kill(self) -> None:
+        """Leaves no process behind when the test fails half-way."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def test_sigkill_between_batches_then_restart_indexes_exactly_once(
     kafka_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    kafka = asyncio.run(new_topic(kafka_broker))
+    kafka = asyncio.run(new_topic(kafka_broker.bootstrap))
     root, log = tmp_path / "index", tmp_path / "serve.log"
     phase_a = generation("a", range(20), deletes=[2, 5])
     phase_b = generation("b", range(10, 30), deletes=[11, 25])
     phase_c = generation("c", range(25, 35), deletes=[30])
 
-    # 1. Index phase A and stop gracefully: snapshot 1 holds A.
-    asyncio.run(produce(kafka.bootstrap, kafka.intentions_topic, phase_a))
-    server = Server(kafka, root, log)
-    server.wait_for_records(len(phase_a))
-    assert server.stop(signal.SIGTERM) == 0
+    servers: list[Server] = []
 
-    # 2. Restart, index phase B in memory only (no snapshot is due), then SIGKILL between batches.
-    server = Server(kafka, root, log)
-    stats = server.wait_for_records(len(phase_a))
-    asyncio.run(produce(kafka.bootstrap, kafka.intentions_topic, phase_b))
-    stats = server.wait_for_records(len(phase_a) + len(phase_b))
-    assert stats["indexer"]["unsnapshotted_records"] == len(phase_b)
-    assert stats["index"]["snapshot_seq"] == 1
-    server.stop(signal.SIGKILL)
+    def start() -> Server:
+        servers.append(Server(kafka, root, log))
+        return servers[-1]
 
-    # 3. Restart: it resumes from snapshot 1's offsets, re-applies B once, then C; SIGTERM snapshots.
-    asyncio.run(produce(kafka.bootstrap, kafka.intentions_topic, phase_c))
-    server = Server(kafka, root, log)
-    total = len(phase_a) + len(phase_b) + len(phase_c)
-    stats = server.wait_for_records(total)
-    assert server.stop(signal.SIGTERM) == 0
+    try:
+        # 1. Index phase A and stop gracefully: snapshot 1 holds A.
+        asyncio.run(produce_events(kafka.bootstrap, kafka.intentions_topic, phase_a))
+        server = start()
+        server.wait_for_records(len(phase_a))
+        assert server.stop(signal.SIGTERM) == 0
+
+        # 2. Restart, index phase B in memory only (no snapshot is due), then SIGKILL between batches.
+        server = start()
+        stats = server.wait_for_records(len(phase_a))
+        asyncio.run(produce_events(kafka.bootstrap, kafka.intentions_topic, phase_b))
+        stats = server.wait_for_records(len(phase_a) + len(phase_b))
+        assert stats["indexer"]["unsnapshotted_records"] == len(phase_b)
+        assert stats["index"]["snapshot_seq"] == 1
+        server.stop(signal.SIGKILL)
+
+        # 3. Restart: it resumes from snapshot 1's offsets, re-applies B once, then C; SIGTERM snapshots.
+        asyncio.run(produce_events(kafka.bootstrap, kafka.intentions_topic, phase_c))
+        server = start()
+        total = len(phase_a) + len(phase_b) + len(phase_c)
+        stats = server.wait_for_records(total, caught_up=True)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        for started in servers:
+            started.kill()
     assert stats["indexer"]["records"] == total  # B was applied once after the crash, not twice
-    assert sum(p["lag"] for p in stats["indexer"]["partitions"]) == 0
 
     index = IntentionIndex.open(IndexSettings(root), HashingEmbedder(), writer=False)
     everything = phase_a + phase_b + phase_c
@@ -258,7 +227,7 @@ async def test_indexer_creates_a_missing_topic(kafka_broker: EmbeddedBroker, tmp
     kafka = KafkaConfig(bootstrap=kafka_broker.bootstrap, intentions_topic=name, topic_partitions=2)
     index = open_writer(tmp_path)
     indexer = Indexer(index, kafka, IndexerConfig(stop_at_end=True))
-    await asyncio.wait_for(indexer.run(), 30)
+    await asyncio.wait_for(indexer.run(), 120)
     assert indexer.reached_end and indexer.records == 0 and len(index.store) == 0
     index.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=name)

@@ -1,66 +1,21 @@
-"""The local runtime and its continuous batcher, on a tiny random-weight Llama built offline in the test."""
+"""The local runtime and its continuous batcher, on a tiny random-weight Llama built offline in the test
+(``tiny_model_dir``: :func:`helpers.models.save_tiny_model`)."""
 
 from __future__ import annotations
 
 import asyncio
-import string
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import gather_together
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graph.models.base import YesNoScorer
 from graph.models.local import LocalChatModel, ModelLoadError, PromptTooLongError, chat_turns
 from graph.models.registry import LLMConfig, build_chat_model, describe_llm
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "After posting this, the user wants to share the post with friends and celebrate.",
-    "Answer yes or no. Yes. No. yes no yes no",
-    "Post: I ran my first marathon today and I am so happy about it",
-    "The user posted this because the user is proud of the race.",
-] * 5
 STEM = "After posting this, the user wants to"
-
-
-def save_tiny_model(folder: Path) -> Path:
-    """A 2-layer, 32-wide Llama and a word-piece tokenizer whose every token decodes to plain ASCII."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=list(string.printable),
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=None,
-        initializer_range=0.5,  # big weights: context matters
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 pytestmark = pytest.mark.usefixtures("fresh_local_engines")
@@ -79,10 +34,10 @@ def prompt(i: int, words: int = 3) -> list[BaseMessage]:
 
 async def test_concurrent_calls_coalesce_into_few_generate_calls(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
-    answers = await asyncio.gather(*(model.ainvoke(prompt(i), max_tokens=6) for i in range(12)))
+    answers = await gather_together(model, *(model.ainvoke(prompt(i), max_tokens=6) for i in range(12)))
     engine = model.handle.engine
-    assert engine.generate_calls <= 2 < 12
-    assert model.handle.batcher.stats.largest_batch >= 6
+    assert engine.generate_calls == 1
+    assert model.handle.batcher.stats.largest_batch == 12
     assert all(isinstance(a.content, str) for a in answers)
     assert describe_llm(model) == f"hf:{tiny_model_dir}"
 
@@ -92,8 +47,9 @@ async def test_batched_greedy_equals_unbatched_with_left_padding(tiny_model_dir:
     prompts = [prompt(i, words=1 + 3 * i) for i in range(5)]  # different lengths -> padding
     alone = [(await model.ainvoke(p, max_tokens=8)).content for p in prompts]
     assert model.handle.engine.generate_calls == 5
-    together = [reply.text for reply in await model.acomplete(prompts, max_tokens=8)]
-    assert model.handle.engine.generate_calls == 6  # acomplete submits every prompt at once: one admission
+    [replies] = await gather_together(model, model.acomplete(prompts, max_tokens=8), requests=len(prompts))
+    together = [reply.text for reply in replies]
+    assert model.handle.engine.generate_calls == 6  # all five in one admission: rows of different lengths
     assert together == alone
     assert len(set(alone)) > 1
 
@@ -104,7 +60,8 @@ async def test_per_request_budget_and_stop_strings(tiny_model_dir: Path, tmp_pat
     stop = full.strip()[2:5]
     expected = full[: full.find(stop)]
     budgets = [1, 3, 7, 12]
-    results = await asyncio.gather(
+    results = await gather_together(
+        model,
         *(model.ainvoke(prompt(0), max_tokens=b) for b in budgets),
         model.bind(stop=[stop], max_tokens=12).ainvoke(prompt(0)),
     )
@@ -164,10 +121,11 @@ async def test_yes_probability_from_logits_in_the_same_batches(tiny_model_dir: P
     questions = [[SystemMessage("Answer yes or no."), HumanMessage(f"Post: happy race {i}?")] for i in range(4)]
     alone = [(await model.ayes_probability([q]))[0] for q in questions]
     batches_before = model.handle.batcher.stats.batches
-    together, answers = await asyncio.gather(
-        model.ayes_probability(questions), model.abatch([prompt(0), prompt(1)], max_tokens=3)
+    together, answers = await gather_together(
+        model, model.ayes_probability(questions), model.abatch([prompt(0), prompt(1)], max_tokens=3), requests=6
     )
-    assert model.handle.batcher.stats.batches == batches_before + 1  # scoring and generation shared a batch
+    # scoring and generation shared a batch (the other one is gather_together's holding pass)
+    assert model.handle.batcher.stats.batches == batches_before + 2
     assert all(p is not None and 0.0 <= p <= 1.0 for p in together)
     assert together == pytest.approx(alone, abs=1e-5)
     assert len(answers) == 2
@@ -175,11 +133,11 @@ async def test_yes_probability_from_logits_in_the_same_batches(tiny_model_dir: P
 
 async def test_temperature_groups_and_sync_invoke(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = build(tiny_model_dir, tmp_path, max_batch_size=16, max_wait_ms=150)
-    greedy, sampled = await asyncio.gather(
-        model.ainvoke(prompt(0), max_tokens=4), model.ainvoke(prompt(0), max_tokens=4, temperature=0.8)
+    greedy, sampled = await gather_together(
+        model, model.ainvoke(prompt(0), max_tokens=4), model.ainvoke(prompt(0), max_tokens=4, temperature=0.8)
     )
     # greedy and sampled rows share one prompt pass and the decoding steps (sampling is per row)
-    assert model.handle.engine.generate_calls == 1 and model.handle.batcher.stats.batches == 1
+    assert model.handle.engine.generate_calls == 1
     assert sampled.usage_metadata["output_tokens"] <= 4
     assert model.invoke(prompt(0), max_tokens=4).content == greedy.content
 

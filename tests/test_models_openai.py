@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.http import ChatServer, serve_chat
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from graph.models.base import YesNoScorer
@@ -21,74 +16,10 @@ from graph.models.openai_backend import OpenAICompatibleChatModel, yes_probabili
 from graph.models.registry import LLMConfig, build_chat_model, describe_llm
 
 
-@dataclass
-class StubState:
-    offer_logprobs: bool = True
-    delay_s: float = 0.05
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def completion(body: dict[str, Any], state: StubState) -> dict[str, Any]:
-    last = body["messages"][-1]["content"]
-    text = "yes" if body.get("max_tokens") == 1 else f"echo {last}"
-    logprobs = None
-    if body.get("logprobs") and state.offer_logprobs:
-        top = [("Yes", 0.6), (" yes", 0.1), ("No", 0.2), ("Maybe", 0.1)]
-        entries = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]
-        logprobs = {"content": [{"token": "Yes", "logprob": math.log(0.6), "bytes": None, "top_logprobs": entries}]}
-    return {
-        "id": "cmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "logprobs": logprobs,
-            }
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }
-
-
 @pytest.fixture
-def stub() -> Iterator[tuple[str, StubState]]:
-    state = StubState()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with state.lock:
-                state.requests.append(body)
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-            time.sleep(state.delay_s)
-            payload = json.dumps(completion(body, state)).encode()
-            with state.lock:
-                state.in_flight -= 1
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    server.shutdown()
-    server.server_close()
+def stub() -> Iterator[tuple[str, ChatServer]]:
+    with serve_chat() as server:
+        yield f"{server.url}/v1", server
 
 
 def build(url: str, tmp_path: Path, **config: Any) -> OpenAICompatibleChatModel:
@@ -97,7 +28,7 @@ def build(url: str, tmp_path: Path, **config: Any) -> OpenAICompatibleChatModel:
     return model
 
 
-async def test_completion_text_and_call_options(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_completion_text_and_call_options(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, state = stub
     model = build(url, tmp_path, max_new_tokens=24)
     answer = await model.bind(stop=["\n"], max_tokens=7).ainvoke([SystemMessage("s"), HumanMessage("hello")])
@@ -111,15 +42,16 @@ async def test_completion_text_and_call_options(stub: tuple[str, StubState], tmp
     assert describe_llm(model) == f"openai:tiny-model@{url}"
 
 
-async def test_many_requests_in_flight_but_bounded(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_many_requests_in_flight_but_bounded(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, state = stub
+    state.hold_until_in_flight = 2  # requests wait until two meet: concurrency without a clock
     model = build(url, tmp_path, max_concurrency=4)
     answers = await model.abatch([[HumanMessage(f"m{i}")] for i in range(16)], config={"max_concurrency": 16})
     assert [a.content for a in answers] == [f"echo m{i}" for i in range(16)]
     assert 1 < state.max_in_flight <= 4
 
 
-async def test_prefill_is_sent_as_the_last_assistant_message(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_prefill_is_sent_as_the_last_assistant_message(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, state = stub
     stem = "After posting this, the user wants to"
     plain = build(url, tmp_path)
@@ -135,7 +67,7 @@ async def test_prefill_is_sent_as_the_last_assistant_message(stub: tuple[str, St
     assert "continue_final_message" not in state.requests[-1]
 
 
-async def test_yes_probability_from_logprobs(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_yes_probability_from_logprobs(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, state = stub
     model = build(url, tmp_path)
     assert isinstance(model, YesNoScorer)
@@ -147,7 +79,7 @@ async def test_yes_probability_from_logprobs(stub: tuple[str, StubState], tmp_pa
     assert model.logprobs_offered is True
 
 
-async def test_no_logprobs_means_none_and_no_more_asking(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_no_logprobs_means_none_and_no_more_asking(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, state = stub
     state.offer_logprobs = False
     model = build(url, tmp_path)
@@ -170,7 +102,7 @@ def test_yes_probability_parsing_edge_cases() -> None:
     assert yes_probability_from_logprobs(no_top) == 0.0
 
 
-async def test_models_on_different_event_loops(stub: tuple[str, StubState], tmp_path: Path) -> None:
+async def test_models_on_different_event_loops(stub: tuple[str, ChatServer], tmp_path: Path) -> None:
     url, _ = stub
     model = build(url, tmp_path)
     assert (await model.ainvoke([HumanMessage("a")])).content == "echo a"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import save_untied_llama
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, DynamicCache, LlamaForCausalLM
 
 from graph.models.local import ModelLoadError, load_engine
 from graph.models.local.chat_tokenizer import ChatTemplateError, ChatTokenizer
@@ -16,17 +17,6 @@ from graph.models.local.llama import NativeLlama, load_native_llama
 from graph.models.local.llama_config import UnsupportedModelError, is_native_llama, read_config
 from graph.models.local.prefill import left_pad, positions
 from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
-
-
-def save_untied(folder: Path) -> Path:
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
-        num_key_value_heads=3, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.4,
-        rope_parameters={"rope_type": "default", "rope_theta": 5000.0}, eos_token_id=2,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 def both(folder: Path) -> tuple[NativeLlama, LlamaForCausalLM]:
@@ -38,7 +28,7 @@ ROWS = [[5, 9, 13, 4, 22, 7, 8], [30, 31], [3, 17, 50, 51, 52]]
 
 @pytest.mark.parametrize("which", ["tied", "untied"])
 def test_logits_match_transformers_on_a_left_padded_batch(which: str, tiny_model_dir: Path, tmp_path: Path) -> None:
-    folder = tiny_model_dir if which == "tied" else save_untied(tmp_path)
+    folder = tiny_model_dir if which == "tied" else save_untied_llama(tmp_path)
     native, hf = both(folder)
     ids, mask = left_pad(ROWS, 0)
     with torch.inference_mode():

@@ -128,7 +128,7 @@ STATEMENTS = ["the user feels proud.", "the user wants to sell a car.", "others 
 @pytest.mark.slow_model
 async def test_real_smollm2_bf16_agrees_with_fp32() -> None:
     """Greedy outputs and P(yes) of the real SmolLM2 in bf16 against fp32, on fixed prompts (figures: README)."""
-    from test_smollm2 import _messages, _real_cache_dir
+    from helpers.models import prompt_messages, real_cache_dir
 
     from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
     from prompts import load_prompts
@@ -137,11 +137,13 @@ async def test_real_smollm2_bf16_agrees_with_fp32() -> None:
     generate, verify = [], []
     for text, concept, action, obj, emotion in REAL_POSTS:
         info = dict(text=text, caption="none", concept=concept, action=action, object=obj, emotion=emotion)
-        generate += [_messages("generate", **info, keywords=concept, stem=stem, hint="") for stem in stems[:5]]
-        verify += [_messages("verify", text=text, caption="none", statement=f"{stems[4]} {s}") for s in STATEMENTS]
+        generate += [prompt_messages("generate", **info, keywords=concept, stem=stem, hint="") for stem in stems[:5]]
+        verify += [
+            prompt_messages("verify", text=text, caption="none", statement=f"{stems[4]} {s}") for s in STATEMENTS
+        ]
     results = {}
     for dtype in ("fp32", "bf16"):
-        model = build_chat_model("smollm2", LLMConfig(cache_dir=_real_cache_dir(), local_dtype=dtype))  # type: ignore[arg-type]
+        model = build_chat_model("smollm2", LLMConfig(cache_dir=real_cache_dir(), local_dtype=dtype))  # type: ignore[arg-type]
         answers = await model.abatch(generate, stop=["\n"], max_tokens=16)
         scores = await model.ayes_probability(verify)  # type: ignore[attr-defined]
         results[dtype] = ([a.content for a in answers], scores)

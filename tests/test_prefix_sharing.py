@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import gather_together
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from graph.models.local import LocalChatModel
@@ -95,10 +96,9 @@ async def test_shared_prefill_equals_full_prefill(dtype: str, tiny_model_dir: Pa
     prompts = post_prompts("marathon race friends happy " * 3) + post_prompts("happy race")
     questions = [[*p[:2], HumanMessage("Answer yes or no.")] for p in prompts]
 
-    async def run() -> tuple[list[str], list[float | None]]:
-        answers, scores = await __import__("asyncio").gather(
-            model.abatch(prompts, max_tokens=6), model.ayes_probability(questions)
-        )
+    async def run() -> tuple[list[str], list[float | None]]:  # every run: all rows in one pass
+        calls = model.abatch(prompts, max_tokens=6), model.ayes_probability(questions)
+        answers, scores = await gather_together(model, *calls, requests=len(prompts) + len(questions))
         return [a.content for a in answers], scores
 
     engine.sharing, cache = None, engine.prefix_cache

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from helpers.index import make_event
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from test_index_support import make_event
 
 from consumers.stream import StreamStats
 from graph.contracts import Post

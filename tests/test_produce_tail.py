@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from kafka_helpers import collect, produce, running, start_processor, stop, unique_config
+from helpers.kafka import collect, produce, running, start_processor, stop, unique_config
 
 from graph.contracts import DeadLetter, IntentionEvent
 from miko_stream.broker import EmbeddedBroker, free_port, wait_for_port
@@ -116,7 +116,7 @@ def test_broker_command_serves_kafka_until_sigterm(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        assert wait_for_port("127.0.0.1", port, timeout=30), "the broker listens"
+        assert wait_for_port("127.0.0.1", port, timeout=120), "the broker listens"
         topic = "broker-cmd"
         asyncio.run(produce(f"127.0.0.1:{port}", topic, [(b"k", b"v")]))
         records = asyncio.run(collect(f"127.0.0.1:{port}", [topic], lambda r: len(r) >= 1))

