@@ -32,7 +32,7 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("toy")
     rows = toy_posts(64)
-    return write_jsonl(folder / "train.jsonl", rows[:48]), write_jsonl(folder / "eval.jsonl", rows[48:])
+    return write_jsonl(rows[:48], folder / "train.jsonl"), write_jsonl(rows[48:], folder / "eval.jsonl")
 
 
 def fast_config(encoder_dir: Path, **changes: object) -> TrainConfig:
@@ -109,7 +109,7 @@ def test_split_is_stratified_stable_and_disjoint() -> None:
 
 def test_read_posts_accepts_events_and_rejects_unlabelled_training_data(tmp_path: Path) -> None:
     event = {"post_id": "e1", "text": "hi", "caption": None, "intentions": [{"relation": "Open", "text": "x"}]}
-    path = write_jsonl(tmp_path / "events.jsonl", [event])
+    path = write_jsonl([event], tmp_path / "events.jsonl")
     assert read_posts(path)[0].intentions == (("Open", "x"),)
     with pytest.raises(DataError, match=r"events.jsonl:1: no `label`"):
         read_posts(path, require_labels=True)

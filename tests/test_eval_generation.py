@@ -70,8 +70,8 @@ def event(post_id: str, intentions: list[Intention], warnings: list[str] | None 
 @pytest.fixture
 def hand_made(tmp_path: Path) -> Path:
     return write_jsonl(
-        tmp_path / "refs.jsonl",
-        [
+        path=tmp_path / "refs.jsonl",
+        rows=[
             teacher_record(
                 "a",
                 "I love my new car so much",
@@ -159,8 +159,8 @@ def test_copy_rule_and_bertscore_edges() -> None:
 
 def test_judged_file_uses_accepted_intentions_and_split_is_stable(tmp_path: Path) -> None:
     path = write_jsonl(
-        tmp_path / "judged.jsonl",
-        [
+        path=tmp_path / "judged.jsonl",
+        rows=[
             {
                 "id": "m-1",
                 "text": "t",
@@ -198,7 +198,7 @@ def test_judged_file_uses_accepted_intentions_and_split_is_stable(tmp_path: Path
     ],
 )
 def test_bad_reference_files_say_what_is_wrong(tmp_path: Path, records: list[dict], message: str) -> None:
-    path = write_jsonl(tmp_path / "bad.jsonl", records)
+    path = write_jsonl(records, tmp_path / "bad.jsonl")
     with pytest.raises(ReferenceDataError, match=message):
         list(read_reference_posts(path, PROMPTS))
     result = CliRunner().invoke(app, ["eval", "generation", "--data", str(path), "--llm", "fake"])

@@ -32,7 +32,7 @@ def toy_posts(n: int = 48) -> list[dict]:
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
+def write_jsonl(rows: list[dict], path: Path) -> Path:
     """One JSON object a line; returns ``path``."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
