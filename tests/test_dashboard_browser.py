@@ -130,6 +130,7 @@ def test_dashboard_shows_the_live_stream_in_a_browser(services: dict[str, str], 
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright, tmp_path / "chromium-profile")
+        browser.set_default_timeout(WAIT_MS)  # type: ignore[attr-defined]  # waits, clicks, navigation, functions
         try:
             page = browser.new_page()  # type: ignore[attr-defined]
             errors: list[str] = []
