@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from graph.models.local import load_engine
 from graph.models.local.engine import LocalEngine, ScoreRequest
-from graph.models.local.llama import load_native_llama
+from graph.models.local.llama import NativeLlama, grouped_attention, load_native_llama
 from graph.models.local.precision import cpu_flags, resolve_precision
 from graph.models.local.prefill import left_pad, positions
 from graph.models.spec import CallOptions
@@ -68,6 +69,23 @@ def test_bf16_runs_only_the_matrix_products_in_bf16_and_stays_close_to_fp32(tiny
     assert (rounded - exact).abs().max() < 0.15 * exact.abs().max()
     assert (rounded.softmax(-1) - exact.softmax(-1)).abs().max() < 0.1
     assert torch.equal(rounded.argmax(-1), exact.argmax(-1))
+
+
+def test_grouped_attention_matches_torch_attention_with_padding_and_a_cached_prefix() -> None:
+    """The prompt-pass attention (bf16 products) against torch's fp32 attention on the same masked inputs."""
+    torch.manual_seed(3)
+    rows, heads, kv_heads, new, cached, dim = 3, 6, 2, 5, 4, 16
+    query = torch.randn(rows, heads, new, dim)
+    keys, values = torch.randn(rows, kv_heads, cached + new, dim), torch.randn(rows, kv_heads, cached + new, dim)
+    # full rows; left padding; padding in the middle, where the first new tokens see nothing (fully masked)
+    mask_2d = torch.tensor([[1] * 9, [0, 0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1, 1]])
+    mask = NativeLlama._additive_mask(mask_2d, new)  # the model's own mask
+    expected = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=True)
+    exact = grouped_attention(query, keys, values, mask, torch.float32)
+    rounded = grouped_attention(query, keys, values, mask, torch.bfloat16)
+    assert rounded.dtype == torch.bfloat16 and torch.isfinite(rounded).all()
+    assert torch.allclose(exact, expected, atol=1e-5)
+    assert (rounded.float() - expected).abs().max() < 0.05
 
 
 def yes_probability(engine: LocalEngine, turns: tuple[tuple[str, str], ...]) -> float:

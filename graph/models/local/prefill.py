@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from graph.models.local.prefix import CachedPrefix, LayerKV, PrefixCache, PrefixPlan, SharingPolicy, plan_prefixes
 
@@ -112,6 +112,11 @@ def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None) -> G
     return DynamicCache(ddp_cache_data=initial, config=model.config)  # type: ignore[return-value]
 
 
+def _cache_only(model: PreTrainedModel) -> dict[str, Any]:
+    """Call options for a pass that only fills the cache: the native Llama then skips its output head."""
+    return {"head": False} if hasattr(model, "new_cache") else {"logits_to_keep": 1}
+
+
 def run_prompts(
     model: PreTrainedModel,
     rows: Sequence[Sequence[int]],
@@ -189,7 +194,7 @@ def _prefix_kv(
         ids, mask = left_pad([plan.prefixes[g] for g in members], pad_id)
         run = new_cache(model)
         model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=run, use_cache=True,
-              logits_to_keep=1)  # fmt: skip
+              **_cache_only(model))  # fmt: skip
         padded += ids.numel()
         for n, group in enumerate(members):
             length = len(plan.prefixes[group])
