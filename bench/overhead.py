@@ -10,6 +10,8 @@ Three workers consume the same posts on the same broker, one after the other, ea
 
 For each, a warm-up post goes through first (so start-up and the group join are not timed); then the clock
 runs from the first of ``--posts`` posts produced to the last output consumed by an independent consumer.
+Each line also gives the worker process's own CPU time per post over that window (from /proc), the figure
+that stays comparable when other processes share the cores.
 
 Run from the project root:
     python -m bench.overhead --data ../shared/data/mmsd_valid_captioned.jsonl --posts 2000
@@ -136,9 +138,19 @@ def _worker_main(kind: str, config: KafkaConfig, max_in_flight: int) -> None:
 class Worker:
     """A worker process (multiprocessing for the in-library ones, the CLI for the real thing)."""
 
-    def __init__(self, start: Callable[[], object], stop: Callable[[], None]) -> None:
+    def __init__(self, start: Callable[[], object], stop: Callable[[], None], pid: Callable[[], int | None]) -> None:
         self.stop = stop
+        self.pid = pid
         start()
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the worker process so far (Linux /proc), None where unknown."""
+        pid = self.pid()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> Worker:
@@ -150,7 +162,7 @@ def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> 
         process.terminate()
         process.join(10)
 
-    return Worker(process.start, stop)
+    return Worker(process.start, stop, lambda: process.pid)
 
 
 def start_cli_worker(
@@ -181,7 +193,7 @@ def start_cli_worker(
         holder[0].wait(60)
         output.close()
 
-    return Worker(start, stop)
+    return Worker(start, stop, lambda: holder[0].pid if holder else None)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -224,15 +236,23 @@ async def measure(
         warmup = json.dumps({"id": WARMUP_ID, "text": "warming up # hello"}).encode()
         await produce(config, [(WARMUP_ID.encode(), warmup)])
         await wait_for_outputs(consumer, 1, timeout_s)
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), running.cpu_seconds()
         await produce(config, posts)
         await wait_for_outputs(consumer, len(posts), timeout_s)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_after = time.perf_counter() - started, running.cpu_seconds()
     finally:
         running.stop()
         await consumer.stop()
-    print(f"  {name:<34} {len(posts) / elapsed:9.0f} posts/s  ({elapsed:.2f}s)", flush=True)
+    cpu = _cpu_note(cpu_before, cpu_after, len(posts))
+    print(f"  {name:<34} {len(posts) / elapsed:9.0f} posts/s  ({elapsed:.2f}s{cpu})", flush=True)
     return Result(name, len(posts), elapsed)
+
+
+def _cpu_note(before: float | None, after: float | None, posts: int) -> str:
+    """The worker's own CPU per post: it stays meaningful when other processes share the cores; posts/s does not."""
+    if before is None or after is None:
+        return ""
+    return f"; worker CPU {1000 * (after - before) / posts:.3f} ms/post"
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -103,7 +103,11 @@ class MikoNodes:
 
     async def generate(self, state: PostState) -> PostState:
         relations = state["pending"]
-        conversations = [self._generate_messages(state, relation) for relation in relations]
+        rejected = state.get("rejected", {})
+        values = generate_values(state["text"], state.get("caption"), state["key_info"])
+        conversations = [
+            _generate_for(self.deps.prompts, values, relation, rejected.get(relation, ())) for relation in relations
+        ]
         temperature = self.config.retry_temperature if state.get("round", 0) > 0 else 0.0
         # One call for all relations: the backend sees them together (batched and sharing their prefix).
         replies = await complete(
@@ -188,12 +192,6 @@ class MikoNodes:
         verified_once = state.get("round", 0) > 0 and not state.get("candidates")
         return verified_once and self.route_after_verify(state) == "__end__" and not self.needs_classification(state)
 
-    def _generate_messages(self, state: PostState, relation: Relation) -> list[BaseMessage]:
-        earlier = state.get("rejected", {}).get(relation, [])
-        return generate_messages(
-            self.deps.prompts, state["text"], state.get("caption"), state["key_info"], relation, earlier
-        )
-
     async def _scores(self, state: PostState, candidates: Sequence[Candidate]) -> list[float | None]:
         mode = self.config.verifier
         if mode == "none":
@@ -212,7 +210,11 @@ class MikoNodes:
 
     async def llm_scores(self, state: PostState, candidates: Sequence[Candidate]) -> list[float | None]:
         """The LLM judge: P(yes) to the verify prompt (or its parsed answer), per candidate."""
-        conversations = [self._verify_messages(state, c) for c in candidates]
+        template = self.deps.prompts.templates["verify"]
+        text, caption = as_data(state["text"]), as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS)
+        conversations = [
+            render_messages(template, text=text, caption=caption, statement=self._statement(c)) for c in candidates
+        ]
         scores: list[float | None] = [None] * len(candidates)
         if is_yes_no_scorer(self.deps.llm):
             scores = await self.deps.llm.ayes_probability(conversations)  # type: ignore[attr-defined]
@@ -223,14 +225,9 @@ class MikoNodes:
                 scores[i] = parse_yes_no(answer.text)
         return [0.0 if c["parse_failed"] else s for c, s in zip(candidates, scores, strict=True)]
 
-    def _verify_messages(self, state: PostState, candidate: Candidate) -> list[BaseMessage]:
-        stem = self.deps.prompts.relation(candidate["relation"]).stem
-        return render_messages(
-            self.deps.prompts.templates["verify"],
-            text=as_data(state["text"]),
-            caption=as_data(state.get("caption") or "none", CONTEXT_CAPTION_CHARS),
-            statement=as_data(full_sentence(stem, candidate["text"])),
-        )
+    def _statement(self, candidate: Candidate) -> str:
+        """The candidate as the sentence the judge reads: its relation's stem, then the completion."""
+        return as_data(full_sentence(self.deps.prompts.relation(candidate["relation"]).stem, candidate["text"]))
 
 
 def extract_messages(prompts: PromptSet, text: str, caption: str | None) -> list[BaseMessage]:
@@ -250,19 +247,27 @@ def generate_messages(
 
     ``rejected`` are earlier completions the verifier turned down: the model is asked for a different one.
     """
+    return _generate_for(prompts, generate_values(text, caption, info), relation, rejected)
+
+
+def generate_values(text: str, caption: str | None, info: KeyInfo) -> dict[str, str]:
+    """The generate prompt's post-derived values, made safe once for all of a post's relations."""
+    return {
+        "text": as_data(text),
+        "caption": as_data(caption or "none", CONTEXT_CAPTION_CHARS),
+        "concept": as_data(info.concept),
+        "action": as_data(info.action),
+        "object": as_data(info.object),
+        "emotion": as_data(info.emotion),
+        "keywords": as_data(", ".join(info.keywords)),
+    }
+
+
+def _generate_for(
+    prompts: PromptSet, values: dict[str, str], relation: Relation, rejected: Sequence[str]
+) -> list[BaseMessage]:
     spec = prompts.relation(relation)
-    messages = render_messages(
-        prompts.templates["generate"],
-        text=as_data(text),
-        caption=as_data(caption or "none", CONTEXT_CAPTION_CHARS),
-        concept=as_data(info.concept),
-        action=as_data(info.action),
-        object=as_data(info.object),
-        emotion=as_data(info.emotion),
-        keywords=as_data(", ".join(info.keywords)),
-        stem=spec.stem,
-        hint=spec.hint,
-    )
+    messages = render_messages(prompts.templates["generate"], **values, stem=spec.stem, hint=spec.hint)
     if rejected:
         note = "Give a different, better completion than: " + "; ".join(t for t in rejected if t)
         for position, message in enumerate(messages):

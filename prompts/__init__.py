@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -54,12 +54,17 @@ class PromptSet:
     templates: dict[str, PromptTemplate]
     relations: tuple[RelationSpec, ...]
     version: str
+    _by_name: dict[str, RelationSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Asked for on every generated and verified completion: one dict lookup, not a scan.
+        object.__setattr__(self, "_by_name", {spec.name: spec for spec in self.relations})
 
     def relation(self, name: str) -> RelationSpec:
-        for spec in self.relations:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"unknown relation {name!r}; known: {[r.name for r in self.relations]}")
+        spec = self._by_name.get(name)
+        if spec is None:
+            raise KeyError(f"unknown relation {name!r}; known: {[r.name for r in self.relations]}")
+        return spec
 
 
 class _SafeValues(dict):
