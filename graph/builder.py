@@ -15,6 +15,7 @@ that starts at its next node (``BatchState.resume``), while the batch moves on w
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -55,36 +56,54 @@ class BatchNode:
             return {}
         merged = list(posts)
         if len(chosen) == 1:  # no task needed for one post
-            merged[chosen[0]] = merge_update(posts[chosen[0]], await self.run_one(posts[chosen[0]]))
+            merged[chosen[0]] = merge_update(posts[chosen[0]], await self.run_alone(posts[chosen[0]]))
             return {"posts": merged}
+        # One timer for the step, not one per post: the earliest deadline bounds the wait, and posts whose
+        # deadline has passed by then fail (the others still running are stragglers, see the module docstring).
         tasks = {index: asyncio.ensure_future(self.run_one(posts[index])) for index in chosen}
         detach: Detach | None = config.get("configurable", {}).get("detach")
-        await _wait_for_most(list(tasks.values()), patient=detach is None)
+        deadlines = [deadline for index in chosen if (deadline := posts[index].get("deadline")) is not None]
+        patient = detach is None
+        until = (max if patient else min)(deadlines, default=None)
+        await _wait_for_most(list(tasks.values()), patient=patient, until=until)
+        now = asyncio.get_running_loop().time()
         for index, task in tasks.items():
+            state = posts[index]
             if task.done():
-                merged[index] = merge_update(posts[index], task.result())
+                merged[index] = merge_update(state, task.result())
+            elif now >= state.get("deadline", math.inf):
+                task.cancel()
+                merged[index] = merge_update(state, self._deadline_failure(TimeoutError()))
             else:
                 assert detach is not None
-                detach(posts[index], task, self.name)
-                merged[index] = {**posts[index], "detached": True}
+                detach(state, task, self.name)
+                merged[index] = {**state, "detached": True}
         return {"posts": merged}
 
-    async def run_one(self, state: PostState) -> PostState:
-        """One post's update, with its retries, within its deadline; a failure becomes ``failure``."""
-        started = time.perf_counter()
-        bound = structlog.contextvars.bind_contextvars(post_id=state["post"].id, trace_id=state.get("trace_id", ""))
+    async def run_alone(self, state: PostState) -> PostState:
+        """:meth:`run_one` for a post with no batch to share a step with, under its own deadline timer."""
         deadline = asyncio.timeout_at(state.get("deadline"))
         try:
             async with deadline:
-                update = await self._attempts(state)
+                return await self.run_one(state)
         except TimeoutError as error:
             if not deadline.expired():
                 raise
-            update = {"failure": NodeFailure(self.name, error, attempts=1, deadline=True)}
+            return self._deadline_failure(error)
+
+    async def run_one(self, state: PostState) -> PostState:
+        """One post's update, with its retries; a failure becomes ``failure`` (the caller enforces the deadline)."""
+        started = time.perf_counter()
+        bound = structlog.contextvars.bind_contextvars(post_id=state["post"].id, trace_id=state.get("trace_id", ""))
+        try:
+            update = await self._attempts(state)
         finally:
             structlog.contextvars.reset_contextvars(**bound)
         update["timings_ms"] = {self.name: round((time.perf_counter() - started) * 1000, 3)}
         return update
+
+    def _deadline_failure(self, error: TimeoutError) -> PostState:
+        return {"failure": NodeFailure(self.name, error, attempts=1, deadline=True)}
 
     async def _attempts(self, state: PostState) -> PostState:
         policy = self.retry
@@ -105,16 +124,23 @@ def _live(state: PostState) -> bool:
     return "failure" not in state and "detached" not in state
 
 
-async def _wait_for_most(tasks: list[asyncio.Task[PostState]], patient: bool) -> None:
-    """All tasks, or (unless ``patient``) those done within max(grace, time to the first done) after it."""
+async def _wait_for_most(tasks: list[asyncio.Task[PostState]], patient: bool, until: float | None) -> None:
+    """All tasks, or (unless ``patient``) those done within max(grace, time to the first done) after it;
+    never past ``until`` (loop time)."""
+    loop = asyncio.get_running_loop()
+
+    def left() -> float | None:
+        return None if until is None else max(0.0, until - loop.time())
+
     if patient:
-        await asyncio.wait(tasks)
+        await asyncio.wait(tasks, timeout=left())
         return
     started = time.perf_counter()
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    if pending:
-        first = time.perf_counter() - started
-        await asyncio.wait(pending, timeout=max(STRAGGLER_GRACE_S, first))
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=left())
+    if pending and (until is None or loop.time() < until):
+        grace = max(STRAGGLER_GRACE_S, time.perf_counter() - started)
+        remaining = left()
+        await asyncio.wait(pending, timeout=grace if remaining is None else min(grace, remaining))
 
 
 def next_node(nodes: MikoNodes, after: str, state: PostState) -> str | None:

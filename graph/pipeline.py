@@ -126,7 +126,13 @@ class MikoPipeline:
         by_trace = {waiter.trace_id: waiter for waiter in waiters}
 
         def detach(state: PostState, task: asyncio.Task[PostState], node: str) -> None:
-            task.add_done_callback(lambda done: self._rejoin(by_trace[state["trace_id"]], state, done, node))
+            timer = asyncio.get_running_loop().call_at(state["deadline"], task.cancel)  # it stops at its deadline
+
+            def rejoin(done: asyncio.Task[PostState]) -> None:
+                timer.cancel()
+                self._rejoin(by_trace[state["trace_id"]], state, done, node)
+
+            task.add_done_callback(rejoin)
 
         config = {"recursion_limit": 50, "configurable": {"detach": detach}}
         try:
@@ -155,7 +161,10 @@ class MikoPipeline:
         if waiter.future.done():
             return
         if task.cancelled():
-            waiter.future.cancel()
+            if asyncio.get_running_loop().time() >= waiter.deadline:
+                waiter.future.set_exception(TimeoutError(f"deadline hit in {node}"))
+            else:
+                waiter.future.cancel()
             return
         if (error := task.exception()) is not None:
             waiter.future.set_exception(error)

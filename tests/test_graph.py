@@ -254,3 +254,27 @@ def test_a_step_with_no_post_to_work_on_passes_the_batch_through() -> None:
     assert asyncio.run(node.run_batch(batch, {})) == {}
     final = asyncio.run(build_graph(deps).ainvoke(batch))
     assert final["posts"] == [failed, detached]
+
+
+def test_posts_that_all_hang_fail_at_their_deadline_together() -> None:
+    deps = GraphDeps(llm=HangingFor(), prompts=load_prompts())
+    pipe = MikoPipeline(deps, models=MODELS, deadline_s=0.3)
+    results = run_together(pipe, [Post(id="a", text="stuck one"), Post(id="b", text="stuck two")])
+    assert all(isinstance(r, PostFailed) and "deadline" in str(r) for r in results)
+
+
+def test_without_a_pipeline_a_hanging_post_fails_at_its_deadline_and_the_others_finish() -> None:
+    """The graph on its own (no straggler hand-off): the step waits for every post up to its deadline."""
+    deps = GraphDeps(llm=HangingFor(), prompts=load_prompts())
+
+    async def main() -> BatchState:
+        deadline = asyncio.get_running_loop().time() + 0.3
+        posts: list[PostState] = [
+            {"post": Post(id="ok", text=TWEET), "deadline": deadline},
+            {"post": Post(id="stuck", text="stuck here"), "deadline": deadline},
+        ]
+        return await build_graph(deps).ainvoke({"posts": posts})
+
+    ok, stuck = asyncio.run(main())["posts"]
+    assert stuck["failure"].deadline and stuck["failure"].node == "extract"
+    assert "failure" not in ok and len(ok["intentions"]) == len(Relation)
