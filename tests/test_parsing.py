@@ -339,3 +339,14 @@ def test_shared_letters_is_the_multiset_intersection() -> None:
         a = "".join(rng.choices("abcde '-", k=rng.randint(0, 20)))
         b = "".join(rng.choices("abcdef ", k=rng.randint(0, 20)))
         assert _shared_letters(a, b) == sum((Counter(a) & Counter(b)).values())
+
+
+def test_decoration_precheck_matches_whenever_a_cleaning_pattern_would() -> None:
+    from graph.parsing import _BULLET, _DECORATION, _LABEL, _MARKDOWN, _ROLE_PREFIX
+
+    rng = random.Random(11)
+    pieces = ["Assistant:", "model :", "Answer -", "a:", " - ", "* ", "1.", "(b) ", "**", "__", "`", "# ", "ok", " x "]
+    for _ in range(2000):
+        line = "".join(rng.choices(pieces, k=rng.randint(0, 4)))
+        expected = any(p.search(line) for p in (_ROLE_PREFIX, _LABEL, _BULLET, _MARKDOWN))
+        assert bool(_DECORATION.search(line)) == expected, line
