@@ -75,7 +75,7 @@ class FastSegmenter:
         """
         if not text:
             return []
-        n, limit, starters = len(text), self.limit, self.followers
+        n, limit, starters, unigrams, unknown = len(text), self.limit, self.followers, self.unigrams, self._unknown_logs
         plain: dict[int, tuple[float, list[str]]] = {n: (0.0, [])}
         after: dict[tuple[int, str], tuple[float, list[str]]] = {}
         for start in range(n - 1, -1, -1):
@@ -83,7 +83,9 @@ class FastSegmenter:
             for end in range(start + 1, min(n, start + limit) + 1):
                 word = text[start:end]
                 suffix = after.get((end, word)) or plain[end]
-                candidates.append((end, word, self._log_unigram(word), suffix))
+                # Most substrings are not words: their score depends only on their length.
+                log_score = self._log_unigram(word) if word in unigrams else unknown[end - start]
+                candidates.append((end, word, log_score, suffix))
             if start:
                 known = [word for i in range(max(0, start - limit), start) if (word := text[i:start]) in starters]
             else:

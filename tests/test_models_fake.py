@@ -150,3 +150,13 @@ async def test_script_and_errors_hooks() -> None:
 def test_sync_invoke_matches_async(model: FakeChatModel) -> None:
     sync = model.invoke(generate_prompt(3)).content
     assert sync == asyncio.run(model.ainvoke(generate_prompt(3))).content
+
+
+def test_word_budget_counts_words_as_the_cut_does() -> None:
+    """The fake's token budget: a text within it is untouched, a longer one is cut after that many words."""
+    from graph.models.fake import apply_call_options
+    from graph.models.spec import CallOptions
+
+    options = CallOptions(max_new_tokens=3, stop=(), temperature=0.0)
+    assert apply_call_options(" one\u2003two\u00a0three ", options) == (" one\u2003two\u00a0three ", "stop")
+    assert apply_call_options("one two\u2028three four", options) == ("one two\u2028three", "length")

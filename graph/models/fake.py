@@ -118,7 +118,10 @@ def _stems_longest_first() -> tuple[str, ...]:
 
 def _post_text(messages: Sequence[BaseMessage]) -> str:
     for message in messages:
-        for line in _text(message).splitlines():
+        text = _text(message)
+        if "Post:" not in text:  # then no line of it starts with it (the system message, the prefill)
+            continue
+        for line in text.splitlines():
             if line.startswith("Post:"):
                 return line[len("Post:") :].strip()
     return _text(messages[-1]) if messages else ""
@@ -200,10 +203,10 @@ def apply_call_options(text: str, options: CallOptions) -> tuple[str, str]:
     cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0), default=-1)
     if cut >= 0:
         return text[:cut], "stop"
+    if len(text.split()) <= options.max_new_tokens:  # as many words as pieces below, without building them
+        return text, "stop"
     pieces = _PIECE.findall(text)
-    if len(pieces) > options.max_new_tokens:
-        return "".join(pieces[: options.max_new_tokens]), "length"
-    return text, "stop"
+    return "".join(pieces[: options.max_new_tokens]), "length"
 
 
 @dataclass
