@@ -29,7 +29,7 @@ from langgraph.types import RetryPolicy
 
 from graph.errors import is_transient
 from graph.nodes import GraphDeps, MikoNodes
-from graph.state import BatchState, NodeFailure, PostState, merge_update
+from graph.state import BatchState, NodeFailure, PostState, merge_update, post_log_context
 
 PostNode = Callable[[PostState], Awaitable[PostState]]
 Detach = Callable[[PostState, "asyncio.Task[PostState]", str], None]
@@ -60,13 +60,17 @@ class BatchNode:
             return {"posts": merged}
         # One timer for the step, not one per post: the earliest deadline bounds the wait, and posts whose
         # deadline has passed by then fail (the others still running are stragglers, see the module docstring).
-        tasks = {index: asyncio.ensure_future(self.run_one(posts[index])) for index in chosen}
+        loop = asyncio.get_running_loop()
+        tasks = {
+            index: loop.create_task(self.run_one(posts[index]), context=post_log_context(posts[index]))
+            for index in chosen
+        }
         detach: Detach | None = config.get("configurable", {}).get("detach")
         deadlines = [deadline for index in chosen if (deadline := posts[index].get("deadline")) is not None]
         patient = detach is None
         until = (max if patient else min)(deadlines, default=None)
         await _wait_for_most(list(tasks.values()), patient=patient, until=until)
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         for index, task in tasks.items():
             state = posts[index]
             if task.done():
@@ -82,6 +86,7 @@ class BatchNode:
 
     async def run_alone(self, state: PostState) -> PostState:
         """:meth:`run_one` for a post with no batch to share a step with, under its own deadline timer."""
+        bound = structlog.contextvars.bind_contextvars(post_id=state["post"].id, trace_id=state.get("trace_id", ""))
         deadline = asyncio.timeout_at(state.get("deadline"))
         try:
             async with deadline:
@@ -90,15 +95,16 @@ class BatchNode:
             if not deadline.expired():
                 raise
             return self._deadline_failure(error)
-
-    async def run_one(self, state: PostState) -> PostState:
-        """One post's update, with its retries; a failure becomes ``failure`` (the caller enforces the deadline)."""
-        started = time.perf_counter()
-        bound = structlog.contextvars.bind_contextvars(post_id=state["post"].id, trace_id=state.get("trace_id", ""))
-        try:
-            update = await self._attempts(state)
         finally:
             structlog.contextvars.reset_contextvars(**bound)
+
+    async def run_one(self, state: PostState) -> PostState:
+        """One post's update, with its retries; a failure becomes ``failure``.
+
+        The caller enforces the deadline and runs it in the post's log context (:func:`post_log_context`).
+        """
+        started = time.perf_counter()
+        update = await self._attempts(state)
         update["timings_ms"] = {self.name: round((time.perf_counter() - started) * 1000, 3)}
         return update
 

@@ -24,7 +24,7 @@ from graph.contracts import (
 )
 from graph.nodes import GraphDeps, MikoNodes
 from graph.normalize import normalize_text
-from graph.state import BatchState, NodeFailure, PostState, merge_update
+from graph.state import BatchState, NodeFailure, PostState, merge_update, post_log_context
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,7 @@ class MikoPipeline:
         waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), self.batch_size):
             chunk = waiting[start : start + self.batch_size]
-            self._start_run(chunk, [{"post": w.post, "trace_id": w.trace_id, "deadline": w.deadline} for w in chunk])
+            self._start_run(chunk, [_first_state(waiter) for waiter in chunk])
 
     def _start_run(self, waiters: list[_Waiter], states: list[PostState], resume: str | None = None) -> None:
         run = asyncio.create_task(self._run_batch(waiters, states, resume))
@@ -203,6 +203,12 @@ class MikoPipeline:
             warnings=list(state.get("degraded", [])),
             classifications=dict(state.get("classifications", {})),
         )
+
+
+def _first_state(waiter: _Waiter) -> PostState:
+    state: PostState = {"post": waiter.post, "trace_id": waiter.trace_id, "deadline": waiter.deadline}
+    state["log_context"] = post_log_context(state)
+    return state
 
 
 def _logged(failure: PostFailed) -> PostFailed:

@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+import structlog
 from langchain_core.messages import BaseMessage
 from langgraph.types import RetryPolicy
+from pydantic import Field
 
 from graph.builder import BatchNode, build_graph
 from graph.contracts import CaptionSource, ModelInfo, Post, Relation, SourceRef
@@ -278,3 +280,20 @@ def test_without_a_pipeline_a_hanging_post_fails_at_its_deadline_and_the_others_
     ok, stuck = asyncio.run(main())["posts"]
     assert stuck["failure"].deadline and stuck["failure"].node == "extract"
     assert "failure" not in ok and len(ok["intentions"]) == len(Relation)
+
+
+class RecordingContext(FakeChatModel):
+    """Notes the structlog context (post_id) each model call runs in."""
+
+    seen: list[str] = Field(default_factory=list)
+
+    async def acomplete(self, conversations, stop=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.seen.append(structlog.contextvars.get_contextvars().get("post_id", "?"))
+        return await super().acomplete(conversations, stop, **kwargs)
+
+
+def test_node_calls_log_with_their_own_post_id() -> None:
+    llm = RecordingContext()
+    run_together(pipeline(llm), [Post(id=f"p{i}", text=f"{TWEET} {i}") for i in range(3)])
+    assert set(llm.seen) == {"p0", "p1", "p2"}
+    assert llm.seen.count("p0") >= 2, "extract and generate at least"
