@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from prompts import PromptTemplate
+from prompts import PromptMessage, PromptTemplate, PromptValues
 
 _ROLE_TO_MESSAGE = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
 # Chat-template control tokens and our own section headers must never reach a model from post text.
@@ -31,12 +31,48 @@ def as_data(text: str, max_chars: int = 4000) -> str:
 
 def render_messages(template: PromptTemplate, **values: str) -> list[BaseMessage]:
     """Messages for a template; a trailing assistant message is kept as a prefill, empty ones are dropped."""
-    messages: list[BaseMessage] = []
-    for role, text in template.render(**values):
-        if role == "assistant" and not text:
-            continue
-        messages.append(_message(role, text) if role != "user" else HumanMessage(content=text))
-    return messages
+    return _renderer(template).render(PromptValues(values))
+
+
+class _Renderer:
+    """A template's messages, those without placeholders built once (ten or more prompts per post use them)."""
+
+    def __init__(self, template: PromptTemplate) -> None:
+        self.template = template
+        self.parts = [
+            (message, None if "{" in message.template or message.role == "user" else _fixed(message))
+            for message in template.messages
+        ]
+
+    def render(self, values: PromptValues) -> list[BaseMessage]:
+        messages: list[BaseMessage] = []
+        for message, fixed in self.parts:
+            if fixed is not None:
+                messages.append(fixed)
+                continue
+            text = message.fill(values)
+            if message.role == "assistant" and not text:
+                continue
+            messages.append(HumanMessage(content=text) if message.role == "user" else _message(message.role, text))
+        return messages
+
+
+def _fixed(message: PromptMessage) -> BaseMessage | None:
+    return None if message.role == "assistant" and not message.template else _message(message.role, message.template)
+
+
+_renderers: dict[int, _Renderer] = {}
+
+
+def _renderer(template: PromptTemplate) -> _Renderer:
+    """The template's renderer, made once. Keyed by identity (hashing a template's fields costs a Python call
+    per message); the renderer holds its template, so an id is not reused while its entry is there."""
+    renderer = _renderers.get(id(template))
+    if renderer is None or renderer.template is not template:
+        if len(_renderers) >= 256:  # prompt sets loaded from folders again and again: start over
+            _renderers.clear()
+        renderer = _renderers[id(template)] = _Renderer(template)
+    return renderer
 
 
 @lru_cache(maxsize=1024)

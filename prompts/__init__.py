@@ -32,9 +32,9 @@ class PromptMessage:
     template: str
 
     def render(self, **values: str) -> str:
-        return self.fill(_SafeValues(values))
+        return self.fill(PromptValues(values))
 
-    def fill(self, values: _SafeValues) -> str:
+    def fill(self, values: PromptValues) -> str:
         return self.template.format_map(values) if "{" in self.template else self.template
 
 
@@ -45,7 +45,7 @@ class PromptTemplate:
 
     def render(self, **values: str) -> list[tuple[str, str]]:
         """(role, text) pairs with the placeholders filled in."""
-        safe = _SafeValues(values)
+        safe = PromptValues(values)
         return [(message.role, message.fill(safe)) for message in self.messages]
 
 
@@ -67,8 +67,9 @@ class PromptSet:
         return spec
 
 
-class _SafeValues(dict):
-    """Leaves unknown placeholders visible instead of raising, so a template typo shows in output, not a crash."""
+class PromptValues(dict):
+    """Values for :meth:`PromptMessage.fill`: unknown placeholders stay visible instead of raising, so a
+    template typo shows in output, not a crash."""
 
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
