@@ -66,10 +66,8 @@ class BatchNode:
             for index in chosen
         }
         detach: Detach | None = config.get("configurable", {}).get("detach")
-        deadlines = [deadline for index in chosen if (deadline := posts[index].get("deadline")) is not None]
-        patient = detach is None
-        until = (max if patient else min)(deadlines, default=None)
-        await _wait_for_most(list(tasks.values()), patient=patient, until=until)
+        deadlines = {task: posts[index].get("deadline", math.inf) for index, task in tasks.items()}
+        await (_wait_for_most(deadlines) if detach is not None else _wait_for_all(deadlines))
         now = loop.time()
         for index, task in tasks.items():
             state = posts[index]
@@ -130,23 +128,35 @@ def _live(state: PostState) -> bool:
     return "failure" not in state and "detached" not in state
 
 
-async def _wait_for_most(tasks: list[asyncio.Task[PostState]], patient: bool, until: float | None) -> None:
-    """All tasks, or (unless ``patient``) those done within max(grace, time to the first done) after it;
-    never past ``until`` (loop time)."""
+Deadlines = dict["asyncio.Task[PostState]", float]
+"""A step's tasks and their posts' deadlines (loop time; ``math.inf`` for none)."""
+
+
+async def _wait_for_most(deadlines: Deadlines) -> None:
+    """The tasks done within max(grace, time to the first done) after the first, never past the earliest deadline."""
     loop = asyncio.get_running_loop()
+    until = min(deadlines.values())
 
     def left() -> float | None:
-        return None if until is None else max(0.0, until - loop.time())
+        return None if until == math.inf else max(0.0, until - loop.time())
 
-    if patient:
-        await asyncio.wait(tasks, timeout=left())
-        return
     started = time.perf_counter()
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=left())
-    if pending and (until is None or loop.time() < until):
+    _, pending = await asyncio.wait(deadlines, return_when=asyncio.FIRST_COMPLETED, timeout=left())
+    if pending and loop.time() < until:
         grace = max(STRAGGLER_GRACE_S, time.perf_counter() - started)
         remaining = left()
         await asyncio.wait(pending, timeout=grace if remaining is None else min(grace, remaining))
+
+
+async def _wait_for_all(deadlines: Deadlines) -> None:
+    """Every task, each no longer than its post's deadline (the graph run on its own, with no one to hand off to)."""
+    loop = asyncio.get_running_loop()
+    pending = set(deadlines)
+    while pending:
+        until = min(deadlines[task] for task in pending)
+        timeout = None if until == math.inf else max(0.0, until - loop.time())
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+        pending = {task for task in pending if deadlines[task] > loop.time()}
 
 
 def next_node(nodes: MikoNodes, after: str, state: PostState) -> str | None:
