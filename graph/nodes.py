@@ -23,7 +23,7 @@ from graph.images import ImageError, ImageLimits, load_image
 from graph.messages import as_data, render_messages
 from graph.models.base import Captioner, complete, is_yes_no_scorer
 from graph.normalize import content_keywords, normalize_text
-from graph.parsing import clean_completion, full_sentence, parse_key_info, parse_yes_no
+from graph.parsing import Completions, clean_completion, full_sentence, parse_key_info, parse_yes_no
 from graph.state import Candidate, PostState
 from graph.verifier.scorer import LearnedScorer
 from prompts import PromptSet
@@ -113,13 +113,13 @@ class MikoNodes:
         replies = await complete(
             self.deps.llm, conversations, stop=["\n"], max_tokens=self.config.max_new_tokens, temperature=temperature
         )
-        accepted = [item.text for item in state.get("intentions", {}).values() if item.verified]
+        accepted = Completions(item.text for item in state.get("intentions", {}).values() if item.verified)
         candidates: list[Candidate] = []
         for relation, reply in zip(relations, replies, strict=True):
             stem = self.deps.prompts.relation(relation).stem
             cut_short = reply.finish_reason == "length"
             cleaned = clean_completion(reply.text, stem, previous=accepted, truncated=cut_short)
-            accepted.append(cleaned.text)
+            accepted.add(cleaned.text)
             attempts = state.get("round", 0) + 1
             candidates.append(
                 Candidate(relation=relation, text=cleaned.text, parse_failed=cleaned.failed, attempts=attempts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -270,25 +270,42 @@ def _lowercase_start(text: str) -> str:
     return text
 
 
-def is_duplicate(text: str, previous: Sequence[str]) -> bool:
-    """True when ``text`` is (nearly) the same as one of ``previous``, ignoring case and punctuation.
+def is_duplicate(text: str, previous: Sequence[str] | Completions) -> bool:
+    """True when ``text`` is (nearly) the same as one of ``previous``, ignoring case and punctuation."""
+    seen = previous if isinstance(previous, Completions) else Completions(previous)
+    return seen.has_near_copy(text)
 
-    Cheap checks first: exact match, then a length bound that no near-copy can break, and only then
-    difflib (it dominated the graph's CPU when run on every pair).
+
+class Completions:
+    """A post's completions so far, kept as the duplicate check compares them (each new one meets them all).
+
+    Cheap checks first: exact match, then a length bound that no near-copy can break, then difflib's letter
+    bound, and only then difflib itself (it dominated the graph's CPU when run on every pair).
     """
-    mine = _comparable(text)
-    for other in previous:
-        theirs = _comparable(other)
-        if mine == theirs:
-            return True
-        total = len(mine) + len(theirs)
-        if not total or 2 * min(len(mine), len(theirs)) / total < _DUPLICATE_RATIO:
-            continue
-        if 2 * _shared_letters(mine, theirs) / total < _DUPLICATE_RATIO:  # difflib's quick_ratio
-            continue
-        if SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= _DUPLICATE_RATIO:
-            return True
-    return False
+
+    def __init__(self, texts: Iterable[str] = ()) -> None:
+        self._comparables: list[tuple[str, int]] = []
+        for text in texts:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        comparable = _comparable(text)
+        self._comparables.append((comparable, len(comparable)))
+
+    def has_near_copy(self, text: str) -> bool:
+        mine = _comparable(text)
+        size = len(mine)
+        for theirs, their_size in self._comparables:
+            if mine == theirs:
+                return True
+            total = size + their_size
+            if not total or 2 * min(size, their_size) / total < _DUPLICATE_RATIO:
+                continue
+            if 2 * _shared_letters(mine, theirs) / total < _DUPLICATE_RATIO:  # difflib's quick_ratio
+                continue
+            if SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= _DUPLICATE_RATIO:
+                return True
+        return False
 
 
 def _shared_letters(a: str, b: str) -> int:
@@ -314,7 +331,9 @@ def _as_written(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def clean_completion(raw: str, stem: str, *, previous: Sequence[str] = (), truncated: bool = False) -> Cleaned:
+def clean_completion(
+    raw: str, stem: str, *, previous: Sequence[str] | Completions = (), truncated: bool = False
+) -> Cleaned:
     """The completion of ``stem`` inside a model's raw output.
 
     ``previous`` holds completions already accepted for the post's other relations: a near-copy of one fails.

@@ -11,6 +11,7 @@ from graph.contracts import KeyInfo
 from graph.parsing import (
     MAX_COMPLETION_WORDS,
     Cleaned,
+    Completions,
     _shared_letters,
     clean_completion,
     full_sentence,
@@ -350,3 +351,12 @@ def test_decoration_precheck_matches_whenever_a_cleaning_pattern_would() -> None
         line = "".join(rng.choices(pieces, k=rng.randint(0, 4)))
         expected = any(p.search(line) for p in (_ROLE_PREFIX, _LABEL, _BULLET, _MARKDOWN))
         assert bool(_DECORATION.search(line)) == expected, line
+
+
+def test_completions_so_far_catch_a_near_copy_of_any_of_them() -> None:
+    seen = Completions(["make people laugh"])
+    seen.add("share the news with friends")
+    assert seen.has_near_copy("Share the news with friends!")
+    assert seen.has_near_copy("make people laugh.")
+    assert not seen.has_near_copy("ask for advice")
+    assert clean_completion(" make people laugh.", X_WANT, previous=seen).failed
