@@ -160,3 +160,24 @@ def test_word_budget_counts_words_as_the_cut_does() -> None:
     options = CallOptions(max_new_tokens=3, stop=(), temperature=0.0)
     assert apply_call_options(" one\u2003two\u00a0three ", options) == (" one\u2003two\u00a0three ", "stop")
     assert apply_call_options("one two\u2028three four", options) == ("one two\u2028three", "length")
+
+
+def test_post_line_is_found_as_splitlines_cuts_lines() -> None:
+    import random
+
+    from graph.models.fake import _post_text
+
+    def reference(messages: list[BaseMessage]) -> str:
+        for message in messages:
+            for line in str(message.content).splitlines():
+                if line.startswith("Post:"):
+                    return line[len("Post:") :].strip()
+        return str(messages[-1].content)
+
+    rng = random.Random(3)
+    pieces = ["Post:", " hi", "\n", "\r", "\r\n", "\u2028", "\x0b", "x", "Post: a", "\x85", " "]
+    for _ in range(2000):
+        system = "".join(rng.choices(pieces, k=rng.randint(0, 6)))
+        user = "".join(rng.choices(pieces, k=rng.randint(0, 8)))
+        messages: list[BaseMessage] = [SystemMessage(content=system), HumanMessage(content=user)]
+        assert _post_text(messages) == reference(messages), (system, user)

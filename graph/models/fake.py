@@ -51,6 +51,8 @@ _COMPLETIONS: dict[str, tuple[str, ...]] = {
     "Open": ("they wanted to talk about {topic}", "{topic} mattered to them", "they enjoyed {topic}"),
 }
 _PIECE = re.compile(r"\s*\S+")
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines cuts
+_POST_LINE = re.compile(f"(?:^|(?<=[{_LINE_BREAKS}]))Post:([^{_LINE_BREAKS}]*)")
 _GENERIC_COMPLETIONS = ("talk about {topic}", "share {topic}", "enjoy {topic}")
 
 
@@ -117,13 +119,10 @@ def _stems_longest_first() -> tuple[str, ...]:
 
 
 def _post_text(messages: Sequence[BaseMessage]) -> str:
+    """The rest of the first line that starts with ``Post:`` (lines as ``str.splitlines`` cuts them)."""
     for message in messages:
-        text = _text(message)
-        if "Post:" not in text:  # then no line of it starts with it (the system message, the prefill)
-            continue
-        for line in text.splitlines():
-            if line.startswith("Post:"):
-                return line[len("Post:") :].strip()
+        if match := _POST_LINE.search(_text(message)):
+            return match.group(1).strip()
     return _text(messages[-1]) if messages else ""
 
 
@@ -200,7 +199,11 @@ def scripted_output(messages: Sequence[BaseMessage]) -> str:
 
 def apply_call_options(text: str, options: CallOptions) -> tuple[str, str]:
     """Cut at the first stop string and at ``max_new_tokens`` words (a stand-in for tokens)."""
-    cut = min((i for i in (text.find(s) for s in options.stop) if i >= 0), default=-1)
+    cut = -1
+    for stop in options.stop:
+        at = text.find(stop)
+        if at >= 0 and (cut < 0 or at < cut):
+            cut = at
     if cut >= 0:
         return text[:cut], "stop"
     if len(text.split()) <= options.max_new_tokens:  # as many words as pieces below, without building them
