@@ -376,17 +376,19 @@ class LocalEngine:
         return [None if p != p else float(p) for p in probability.tolist()]
 
     def _sample(self, logits: torch.Tensor, options: Sequence[CallOptions]) -> list[int]:
-        """Greedy rows take the argmax; rows with a temperature sample from the tempered distribution (fp32)."""
+        """Greedy rows take the argmax; rows with a temperature sample from the tempered distribution (fp32).
+
+        Decode steps may hand bf16 logits: argmax needs no fp32 copy of them (the conversion is exact anyway).
+        """
         import torch
 
         if logits.shape[0] == 0:
             return []
-        logits = logits.float()
         tokens = logits.argmax(-1)
         hot = [i for i, o in enumerate(options) if o.temperature > 0]
         if hot:
             temperatures = torch.tensor([options[i].temperature for i in hot], dtype=torch.float32)
-            probs = torch.softmax(logits[hot] / temperatures[:, None], dim=-1)
+            probs = torch.softmax(logits[hot].float() / temperatures[:, None], dim=-1)
             tokens[hot] = torch.multinomial(probs, 1).squeeze(-1)
         return tokens.tolist()
 

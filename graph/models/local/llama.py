@@ -43,6 +43,8 @@ class KVCache(Protocol):
 class CacheLayer:
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    filled: int = 0
+    """Columns that hold keys/values; columns past them are room that ``update`` fills in place."""
 
 
 @dataclass
@@ -50,26 +52,38 @@ class GrowingCache:
     """Per-layer ``[rows, kv_heads, length, head_dim]`` keys/values that grow by concatenation.
 
     The native counterpart of ``transformers.DynamicCache`` for one forward pass (the prefill passes use it).
+    Initial tensors may come with room for the pass's new columns (``filled`` < their width): then the new
+    keys/values are written into it, saving a copy of everything cached per layer.
     """
 
     layers: list[CacheLayer] = field(default_factory=list)
 
     @classmethod
-    def of(cls, num_layers: int, initial: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> GrowingCache:
+    def of(
+        cls,
+        num_layers: int,
+        initial: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        filled: int | None = None,
+    ) -> GrowingCache:
         if initial is None:
             return cls([CacheLayer() for _ in range(num_layers)])
-        return cls([CacheLayer(keys, values) for keys, values in initial])
+        return cls([CacheLayer(k, v, k.shape[2] if filled is None else filled) for k, v in initial])
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.layers[layer_idx]
+        start, end = layer.filled, layer.filled + key_states.shape[2]
         if layer.keys is None or layer.values is None:
             layer.keys, layer.values = key_states, value_states
+        elif end <= layer.keys.shape[2]:
+            layer.keys[:, :, start:end] = key_states
+            layer.values[:, :, start:end] = value_states
         else:
-            layer.keys = torch.cat([layer.keys, key_states], dim=2)
-            layer.values = torch.cat([layer.values, value_states], dim=2)
-        return layer.keys, layer.values
+            layer.keys = torch.cat([layer.keys[:, :, :start], key_states], dim=2)
+            layer.values = torch.cat([layer.values[:, :, :start], value_states], dim=2)
+        layer.filled = end
+        return layer.keys[:, :, :end], layer.values[:, :, :end]
 
 
 @dataclass
@@ -115,8 +129,10 @@ class NativeLlama:
         """Inference only already; kept so callers can treat it like a torch module."""
         return self
 
-    def new_cache(self, initial: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> GrowingCache:
-        return GrowingCache.of(self.config.num_hidden_layers, initial)
+    def new_cache(
+        self, initial: list[tuple[torch.Tensor, torch.Tensor]] | None = None, filled: int | None = None
+    ) -> GrowingCache:
+        return GrowingCache.of(self.config.num_hidden_layers, initial, filled)
 
     def __call__(self, **kwargs: Any) -> SimpleNamespace:
         return self.forward(**kwargs)
@@ -135,9 +151,10 @@ class NativeLlama:
     ) -> SimpleNamespace:
         """Logits ``[rows, kept, vocab]`` (fp32) for the new tokens; their keys/values go into ``cache``.
 
-        ``exact_logits=False`` runs the output head in the weights' dtype: ~4x cheaper in bf16, for decode steps
-        whose logits only pick the next token. ``head=False`` skips the head (``logits`` is None): passes that
-        only fill the cache (shared prefixes) need no logits, and the fp32 head reads 113 MB of weights.
+        ``exact_logits=False`` runs the output head in the weights' dtype and returns its logits in that dtype:
+        ~4x cheaper in bf16, for decode steps whose logits only pick the next token (argmax is exact on them).
+        ``head=False`` skips the head (``logits`` is None): passes that only fill the cache (shared prefixes)
+        need no logits, and the fp32 head reads 113 MB of weights.
         """
         hidden = F.embedding(input_ids, self.embed).float()
         cos, sin = self._rotary(position_ids)
@@ -153,7 +170,7 @@ class NativeLlama:
         if exact_logits:
             normed = F.rms_norm(kept, (kept.shape[-1],), self.norm, self.config.rms_norm_eps)
             return SimpleNamespace(logits=F.linear(normed, self.lm_head_fp32))
-        return SimpleNamespace(logits=F.linear(self._rms(kept, self.norm), self.lm_head).float())
+        return SimpleNamespace(logits=F.linear(self._rms(kept, self.norm), self.lm_head))
 
     # -- pieces ----------------------------------------------------------------------------------------------
 

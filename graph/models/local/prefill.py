@@ -100,11 +100,15 @@ class PassResult:
         ]
 
 
-def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None) -> GrowingCache:
-    """An empty (or pre-filled) per-pass cache of the kind ``model`` takes."""
+def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None, filled: int | None = None) -> GrowingCache:
+    """An empty (or pre-filled) per-pass cache of the kind ``model`` takes.
+
+    ``filled``: the initial tensors' columns that hold keys/values; the rest is room for the pass's new ones
+    (native Llama only, see :func:`_room_for`).
+    """
     make = getattr(model, "new_cache", None)
     if make is not None:  # the native Llama
-        return make(initial)  # type: ignore[no-any-return]
+        return make(initial, filled)  # type: ignore[no-any-return]
     from transformers import DynamicCache
 
     if initial is None:
@@ -112,9 +116,19 @@ def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None) -> G
     return DynamicCache(ddp_cache_data=initial, config=model.config)  # type: ignore[return-value]
 
 
+def _is_native(model: PreTrainedModel) -> bool:
+    return hasattr(model, "new_cache")
+
+
 def _cache_only(model: PreTrainedModel) -> dict[str, Any]:
     """Call options for a pass that only fills the cache: the native Llama then skips its output head."""
-    return {"head": False} if hasattr(model, "new_cache") else {"logits_to_keep": 1}
+    return {"head": False} if _is_native(model) else {"logits_to_keep": 1}
+
+
+def _room_for(model: PreTrainedModel, new: int) -> int:
+    """Columns to reserve after a stage-2 prefix for the suffixes' keys/values: written in place by the native
+    Llama's cache (no per-layer concatenation of the whole prefix); ``DynamicCache`` appends instead."""
+    return new if _is_native(model) else 0
 
 
 def run_prompts(
@@ -221,15 +235,15 @@ def _run_suffixes(
 
     groups = [plan.group_of[i] for i in members]
     prefix_ids, prefix_mask = left_pad([plan.prefixes[g] for g in groups], pad_id)
-    width = prefix_ids.shape[1]
+    suffix_ids, suffix_mask = left_pad([plan.suffixes[i] for i in members], pad_id)
+    width, room = prefix_ids.shape[1], _room_for(model, suffix_ids.shape[1])
     layers = []
     for number in range(len(prefix_kv[groups[0]])):
-        keys = _stack_left_padded([prefix_kv[g][number][0] for g in groups], width)
-        values = _stack_left_padded([prefix_kv[g][number][1] for g in groups], width)
+        keys = _stack_left_padded([prefix_kv[g][number][0] for g in groups], width, room)
+        values = _stack_left_padded([prefix_kv[g][number][1] for g in groups], width, room)
         layers.append((keys, values))
-    suffix_ids, suffix_mask = left_pad([plan.suffixes[i] for i in members], pad_id)
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-    run = new_cache(model, layers)
+    run = new_cache(model, layers, width)
     output = model(
         input_ids=suffix_ids, attention_mask=mask, position_ids=positions(mask)[:, width:], cache=run,
         use_cache=True, logits_to_keep=1,
@@ -240,12 +254,15 @@ def _run_suffixes(
     return suffix_ids.numel()
 
 
-def _stack_left_padded(tensors: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    """``[heads, len, dim]`` tensors right-aligned into one zero-padded ``[rows, heads, width, dim]``."""
+def _stack_left_padded(tensors: Sequence[torch.Tensor], width: int, room: int = 0) -> torch.Tensor:
+    """``[heads, len, dim]`` tensors right-aligned into one zero-padded ``[rows, heads, width + room, dim]``;
+    the ``room`` columns after them are left unset (the pass writes them)."""
     import torch
 
     heads, _, dim = tensors[0].shape
-    out = torch.zeros((len(tensors), heads, width, dim), dtype=tensors[0].dtype)
+    out = torch.empty((len(tensors), heads, width + room, dim), dtype=tensors[0].dtype)
     for i, tensor in enumerate(tensors):
-        out[i, :, width - tensor.shape[1] :] = tensor
+        start = width - tensor.shape[1]
+        out[i, :, :start] = 0
+        out[i, :, start:width] = tensor
     return out
