@@ -45,6 +45,8 @@ class CacheLayer:
     values: torch.Tensor | None = None
     filled: int = 0
     """Columns that hold keys/values; columns past them are room that ``update`` fills in place."""
+    fresh: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The last update's keys/values as computed (fp32), whatever the dtype of the tensors they went into."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class GrowingCache:
         else:
             layer.keys = torch.cat([layer.keys[:, :, :start], key_states], dim=2)
             layer.values = torch.cat([layer.values[:, :, :start], value_states], dim=2)
-        layer.filled = end
+        layer.filled, layer.fresh = end, (key_states, value_states)
         return layer.keys[:, :, :end], layer.values[:, :, :end]
 
 
@@ -218,7 +220,7 @@ class NativeLlama:
         query, keys = rotated.split([heads, kv_heads], dim=1)
         values = qkv[:, heads + kv_heads :].float()
         keys, values = cache.update(keys.contiguous(), values.contiguous(), layer)
-        if new > 1 and self.dtype == torch.bfloat16:
+        if self.dtype == torch.bfloat16 and (new > 1 or keys.dtype == self.dtype):
             attended = grouped_attention(query, keys, values, mask, self.dtype)
         else:
             attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=kv_heads != heads)

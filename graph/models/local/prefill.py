@@ -71,11 +71,16 @@ def length_chunks(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> l
 
 @dataclass
 class _RowKV:
-    """Where one row's keys/values ended up: a forward pass's cache, the row's index in it, its mask row."""
+    """Where one row's keys/values ended up: a forward pass's cache, the row's index in it, its mask row.
+
+    With ``prefix`` (native stage 2) the cache holds the stacked prefixes in the attention's dtype; the row's
+    exact keys/values are then its group's prefix followed by the pass's fresh ones at ``mask`` (its suffix).
+    """
 
     cache: GrowingCache
     index: int
     mask: torch.Tensor
+    prefix: list[LayerKV] | None = None
 
 
 @dataclass
@@ -93,11 +98,21 @@ class PassResult:
 
     def kv(self, row: int) -> list[LayerKV]:
         """Row ``row``'s keys/values per layer, ``[kv_heads, prompt_length, head_dim]``, padding removed."""
+        import torch
+
         where = self._rows[row]
         columns = where.mask.nonzero().squeeze(-1)
-        return [
-            (layer.keys[where.index][:, columns], layer.values[where.index][:, columns]) for layer in where.cache.layers
-        ]
+        if where.prefix is None:
+            return [
+                (layer.keys[where.index][:, columns], layer.values[where.index][:, columns])
+                for layer in where.cache.layers
+            ]
+        kv = []
+        for (keys, values), layer in zip(where.prefix, where.cache.layers, strict=True):
+            assert layer.fresh is not None
+            fresh_keys, fresh_values = layer.fresh[0][where.index][:, columns], layer.fresh[1][where.index][:, columns]
+            kv.append((torch.cat([keys, fresh_keys], dim=1), torch.cat([values, fresh_values], dim=1)))
+        return kv
 
 
 def new_cache(model: PreTrainedModel, initial: list[LayerKV] | None = None, filled: int | None = None) -> GrowingCache:
@@ -129,6 +144,13 @@ def _room_for(model: PreTrainedModel, new: int) -> int:
     """Columns to reserve after a stage-2 prefix for the suffixes' keys/values: written in place by the native
     Llama's cache (no per-layer concatenation of the whole prefix); ``DynamicCache`` appends instead."""
     return new if _is_native(model) else 0
+
+
+def _stacking_dtype(model: PreTrainedModel, like: torch.Tensor) -> torch.dtype:
+    """Stage-2 prefixes are stacked in the dtype the native model's attention multiplies them in (bf16 halves
+    the copy and saves converting them at every layer); rows' exact keys/values come from elsewhere
+    (:class:`_RowKV`). ``DynamicCache`` keeps its own dtype."""
+    return model.dtype if _is_native(model) else like.dtype  # type: ignore[no-any-return]
 
 
 def run_prompts(
@@ -237,10 +259,11 @@ def _run_suffixes(
     prefix_ids, prefix_mask = left_pad([plan.prefixes[g] for g in groups], pad_id)
     suffix_ids, suffix_mask = left_pad([plan.suffixes[i] for i in members], pad_id)
     width, room = prefix_ids.shape[1], _room_for(model, suffix_ids.shape[1])
+    dtype = _stacking_dtype(model, prefix_kv[groups[0]][0][0])
     layers = []
     for number in range(len(prefix_kv[groups[0]])):
-        keys = _stack_left_padded([prefix_kv[g][number][0] for g in groups], width, room)
-        values = _stack_left_padded([prefix_kv[g][number][1] for g in groups], width, room)
+        keys = _stack_left_padded([prefix_kv[g][number][0] for g in groups], width, room, dtype)
+        values = _stack_left_padded([prefix_kv[g][number][1] for g in groups], width, room, dtype)
         layers.append((keys, values))
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     run = new_cache(model, layers, width)
@@ -248,19 +271,22 @@ def _run_suffixes(
         input_ids=suffix_ids, attention_mask=mask, position_ids=positions(mask)[:, width:], cache=run,
         use_cache=True, logits_to_keep=1,
     )  # fmt: skip
-    for n, row in enumerate(members):
+    native = _is_native(model)
+    for n, (row, group) in enumerate(zip(members, groups, strict=True)):
         logits[row] = output.logits[n, -1]
-        located[row] = _RowKV(run, n, mask[n])
+        located[row] = _RowKV(run, n, suffix_mask[n], prefix_kv[group]) if native else _RowKV(run, n, mask[n])
     return suffix_ids.numel()
 
 
-def _stack_left_padded(tensors: Sequence[torch.Tensor], width: int, room: int = 0) -> torch.Tensor:
-    """``[heads, len, dim]`` tensors right-aligned into one zero-padded ``[rows, heads, width + room, dim]``;
-    the ``room`` columns after them are left unset (the pass writes them)."""
+def _stack_left_padded(
+    tensors: Sequence[torch.Tensor], width: int, room: int = 0, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``[heads, len, dim]`` tensors right-aligned into one zero-padded ``[rows, heads, width + room, dim]``
+    (in ``dtype``, default theirs); the ``room`` columns after them are left unset (the pass writes them)."""
     import torch
 
     heads, _, dim = tensors[0].shape
-    out = torch.empty((len(tensors), heads, width + room, dim), dtype=tensors[0].dtype)
+    out = torch.empty((len(tensors), heads, width + room, dim), dtype=dtype or tensors[0].dtype)
     for i, tensor in enumerate(tensors):
         start = width - tensor.shape[1]
         out[i, :, :start] = 0
