@@ -183,6 +183,9 @@ class PhaseResult:
     events: list[IntentionEvent]
     failures: int
     recorder: Recorder
+    cpu_seconds: float = 0.0
+    """CPU time of this process (all threads) during the phase: the work done, whatever else runs on the
+    machine (a loaded machine stretches wall time, much less this)."""
 
     @property
     def posts_per_s(self) -> float:
@@ -201,7 +204,8 @@ class PhaseResult:
             f"{self.recorder.generated_tokens} generated tokens = {self.tokens_per_s:.1f} tokens/s; "
             f"{rows / max(self.posts, 1):.1f} prompts/post; "
             f"accepted {accepted}/{total} intentions; {self.failures} failed posts; "
-            f"model busy {self.recorder.model_seconds:.1f}s"
+            f"model busy {self.recorder.model_seconds:.1f}s; "
+            f"process CPU {self.cpu_seconds:.1f}s = {self.cpu_seconds / max(self.posts, 1):.2f} CPU-s/post"
         )
 
 
@@ -241,14 +245,14 @@ async def run_phase(
                 return None
 
     engine.observer = recorder
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         results = await asyncio.gather(*(one(post) for post in posts))
     finally:
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         engine.observer = None
     events = [event for event in results if event is not None]
-    return PhaseResult(name, len(posts), seconds, events, failures, recorder)
+    return PhaseResult(name, len(posts), seconds, events, failures, recorder, cpu_seconds)
 
 
 @dataclass(frozen=True)
