@@ -83,20 +83,20 @@ class MikoPipeline:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(post, uuid.uuid4().hex[:16], loop.time() + self.deadline_s, loop.create_future())
         self._enqueue(waiter)
-        with structlog.contextvars.bound_contextvars(post_id=post.id, trace_id=waiter.trace_id):
-            try:
-                async with asyncio.timeout_at(waiter.deadline):
-                    state = await waiter.future
-            except Exception as error:
-                raise _logged(_as_failure(error, self.deadline_s)) from error
-            if "failure" in state:
-                failure = state["failure"]
-                raise _logged(_node_failure(failure, self.deadline_s)) from failure.error
-            event = self.to_event(post, state, source)
-            event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
-            log.info(
-                "post_done", status=event.status, ms=event.timings_ms["total"], parse_failures=event.parse_failures
-            )
+        ids = {"post_id": post.id, "trace_id": waiter.trace_id}  # on this task's log lines (no per-post binding)
+        try:
+            async with asyncio.timeout_at(waiter.deadline):
+                state = await waiter.future
+        except Exception as error:
+            raise _logged(_as_failure(error, self.deadline_s), ids) from error
+        if "failure" in state:
+            failure = state["failure"]
+            raise _logged(_node_failure(failure, self.deadline_s), ids) from failure.error
+        event = self.to_event(post, state, source)
+        event.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
+        log.info(
+            "post_done", status=event.status, ms=event.timings_ms["total"], parse_failures=event.parse_failures, **ids
+        )
         return event
 
     def _enqueue(self, waiter: _Waiter) -> None:
@@ -211,8 +211,8 @@ def _first_state(waiter: _Waiter) -> PostState:
     return state
 
 
-def _logged(failure: PostFailed) -> PostFailed:
-    log.warning("post_failed", error=str(failure), attempts=failure.attempts)
+def _logged(failure: PostFailed, ids: dict[str, str]) -> PostFailed:
+    log.warning("post_failed", error=str(failure), attempts=failure.attempts, **ids)
     return failure
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import structlog
+import structlog.testing
 from langchain_core.messages import BaseMessage
 from langgraph.types import RetryPolicy
 from pydantic import Field
@@ -297,3 +298,11 @@ def test_node_calls_log_with_their_own_post_id() -> None:
     run_together(pipeline(llm), [Post(id=f"p{i}", text=f"{TWEET} {i}") for i in range(3)])
     assert set(llm.seen) == {"p0", "p1", "p2"}
     assert llm.seen.count("p0") >= 2, "extract and generate at least"
+
+
+def test_post_done_and_post_failed_lines_name_their_post() -> None:
+    with structlog.testing.capture_logs() as logs:
+        run_together(pipeline(FailingFor()), [Post(id="ok", text=TWEET), Post(id="bad", text="a poison post")])
+    lines = {(line["event"], line.get("post_id")) for line in logs}
+    assert {("post_done", "ok"), ("post_failed", "bad")} <= lines
+    assert all(line.get("trace_id") for line in logs if line["event"] in ("post_done", "post_failed"))

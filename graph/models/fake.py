@@ -121,7 +121,8 @@ def _stems_longest_first() -> tuple[str, ...]:
 def _post_text(messages: Sequence[BaseMessage]) -> str:
     """The rest of the first line that starts with ``Post:`` (lines as ``str.splitlines`` cuts them)."""
     for message in messages:
-        if match := _POST_LINE.search(_text(message)):
+        text = _text(message)
+        if "Post:" in text and (match := _POST_LINE.search(text)):  # the plain test first: it is much cheaper
             return match.group(1).strip()
     return _text(messages[-1]) if messages else ""
 
