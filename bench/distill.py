@@ -11,11 +11,12 @@ Every finished run and floor is appended to ``--results`` (JSONL; floors as ``"a
 what is already there, so a grid can be stopped and resumed, extended cell by cell, or split across processes
 whose result files are concatenated for ``--report``.
 
-Run from the project root (a held-out split first, written outside the project):
-    miko-stream distill split ../shared/data/teacher_intentions.jsonl --out-dir /tmp/sarcasm-split
-    python -m bench.distill --train /tmp/sarcasm-split/train.jsonl --eval /tmp/sarcasm-split/eval.jsonl \\
+Run from the project root (labelled events and a held-out split first, written outside the project):
+    miko-stream process posts.jsonl -o /tmp/events.jsonl            # posts.jsonl: id, text, caption (and label)
+    miko-stream distill split /tmp/events.jsonl --labels posts.jsonl --out-dir /tmp/sarcasm-split --eval-fraction 0.3
+    nice -n 19 python -m bench.distill --train /tmp/sarcasm-split/train.jsonl --eval /tmp/sarcasm-split/eval.jsonl \\
         --inputs text,text+caption,text+intentions,all --aux none --aux itc,itm --seeds 0,1,2 \\
-        --epochs 2 --train-layers 1 --results /tmp/sarcasm-grid.jsonl
+        --epochs 4 --train-layers 1 --results /tmp/sarcasm-grid.jsonl
 """
 
 from __future__ import annotations
