@@ -37,6 +37,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.kafka_config import KafkaConfig
 from consumers.topics import ensure_topics
@@ -136,21 +137,26 @@ def _worker_main(kind: str, config: KafkaConfig, max_in_flight: int) -> None:
 
 
 class Worker:
-    """A worker process (multiprocessing for the in-library ones, the CLI for the real thing)."""
+    """Worker processes (multiprocessing for the in-library ones, the CLI for the real thing)."""
 
-    def __init__(self, start: Callable[[], object], stop: Callable[[], None], pid: Callable[[], int | None]) -> None:
+    def __init__(
+        self, start: Callable[[], object], stop: Callable[[], None], pids: Callable[[], list[int]], members: int = 1
+    ) -> None:
         self.stop = stop
-        self.pid = pid
+        self.pids = pids
+        self.members = members  # consumer-group members to wait for before timing
         start()
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the worker process so far (Linux /proc), None where unknown."""
-        pid = self.pid()
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        """User + system CPU time of the worker processes so far (Linux /proc), None where unknown."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                return None
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return total if self.pids() else None
 
 
 def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> Worker:
@@ -162,7 +168,7 @@ def start_library_worker(kind: str, config: KafkaConfig, max_in_flight: int) -> 
         process.terminate()
         process.join(10)
 
-    return Worker(process.start, stop, lambda: process.pid)
+    return Worker(process.start, stop, lambda: [process.pid] if process.pid else [])
 
 
 def start_cli_worker(
@@ -172,7 +178,9 @@ def start_cli_worker(
     log: Path,
     extra_env: dict[str, str] | None = None,
     verifier: str = "llm",
+    processes: int = 1,
 ) -> Worker:
+    """``processes`` CLI processes in one consumer group: how a deployment scales the graph across cores."""
     command = [
         sys.executable, "-m", "miko_stream", "--log-level", "WARNING", "run",
         "--bootstrap", config.bootstrap, "--llm", llm, "--vision", "none",
@@ -183,17 +191,19 @@ def start_cli_worker(
     env = {**os.environ, "MIKO_KAFKA_IDEMPOTENCE": "off", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     env.setdefault("MIKO_VERIFIER", verifier)
     output = log.open("ab")
-    holder: list[subprocess.Popen[bytes]] = []
+    running: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
-        holder.append(subprocess.Popen(command, stdout=output, stderr=output, env=env))
+        running.extend(subprocess.Popen(command, stdout=output, stderr=output, env=env) for _ in range(processes))
 
     def stop() -> None:
-        holder[0].terminate()
-        holder[0].wait(60)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait(60)
         output.close()
 
-    return Worker(start, stop, lambda: holder[0].pid if holder else None)
+    return Worker(start, stop, lambda: [process.pid for process in running], members=processes)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -222,6 +232,41 @@ async def wait_for_outputs(consumer: AIOKafkaConsumer, count: int, timeout_s: fl
 Posts = list[tuple[bytes, bytes]]
 
 
+async def wait_for_group(config: KafkaConfig, members: int, timeout_s: float) -> None:
+    """With several worker processes, time nothing before all of them hold partitions (no rebalance mid-run)."""
+    if members <= 1:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            described = await admin.describe_consumer_groups([config.group_id])
+            groups = [group for response in described for group in getattr(response, "groups", [])]
+            if any(group[2] == "Stable" and len(group[-1]) == members for group in groups):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out after {timeout_s}s waiting for {members} members in {config.group_id}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def warm_up(config: KafkaConfig, consumer: AIOKafkaConsumer, members: int, timeout_s: float) -> None:
+    """One post per partition when several workers run (each starts its graph), one post otherwise."""
+    partitions = config.topic_partitions if members > 1 else 1
+    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition in range(partitions):
+            post_id = f"{WARMUP_ID}-{partition}"
+            value = json.dumps({"id": post_id, "text": "warming up # hello"}).encode()
+            await producer.send_and_wait(config.posts_topic, value, key=post_id.encode(), partition=partition)
+    finally:
+        await producer.stop()
+    await wait_for_outputs(consumer, partitions, timeout_s)
+
+
 async def measure(
     name: str, config: KafkaConfig, worker: Callable[[], Worker], posts: Posts, timeout_s: float
 ) -> Result:
@@ -233,9 +278,8 @@ async def measure(
     await consumer.start()
     running = worker()
     try:
-        warmup = json.dumps({"id": WARMUP_ID, "text": "warming up # hello"}).encode()
-        await produce(config, [(WARMUP_ID.encode(), warmup)])
-        await wait_for_outputs(consumer, 1, timeout_s)
+        await wait_for_group(config, running.members, timeout_s)
+        await warm_up(config, consumer, running.members, timeout_s)
         started, cpu_before = time.perf_counter(), running.cpu_seconds()
         await produce(config, posts)
         await wait_for_outputs(consumer, len(posts), timeout_s)
@@ -280,6 +324,15 @@ async def main(args: argparse.Namespace) -> None:
             f"miko-stream run --llm {args.llm}", cli_config,
             lambda: start_cli_worker(cli_config, args.llm, inflight, log, verifier=args.verifier), posts, args.timeout,
         )  # fmt: skip
+        single = full
+        if args.processes > 1:
+            scaled_config = config()
+            full = await measure(
+                f"... {args.processes} processes, one group", scaled_config,
+                lambda: start_cli_worker(
+                    scaled_config, args.llm, inflight, log, verifier=args.verifier, processes=args.processes
+                ), posts, args.timeout,
+            )  # fmt: skip
         if args.classifier:
             classified_config = config()
             student = {"MIKO_CLASSIFIERS": args.classifier}
@@ -289,12 +342,15 @@ async def main(args: argparse.Namespace) -> None:
                     classified_config, args.llm, inflight, log, student, verifier=args.verifier
                 ), posts, args.timeout,
             )  # fmt: skip
-            cost_ms = 1000 * (classified.seconds / classified.posts - full.seconds / full.posts)
-            print(f"classify: {cost_ms:.2f} ms per post ({classified.per_s / full.per_s:.3f} of the rate without)")
+            cost_ms = 1000 * (classified.seconds / classified.posts - single.seconds / single.posts)
+            print(f"classify: {cost_ms:.2f} ms per post ({classified.per_s / single.per_s:.3f} of the rate without)")
     print(f"stream runtime / pass-through: {runtime.per_s / base.per_s:.3f}")
     print(f"end to end / pass-through:     {full.per_s / base.per_s:.3f}")
+    if full is not single:
+        print(f"one process: {single.per_s:.0f} posts/s; {args.processes} processes: x{full.per_s / single.per_s:.2f}")
     target = "meets" if full.per_s >= TARGET else "misses"
-    print(f"end to end: {full.per_s:.0f} posts/s ({target} the {TARGET:,} posts/s target)")
+    where = f"{args.processes} processes" if full is not single else "one process"
+    print(f"end to end: {full.per_s:.0f} posts/s with {where} ({target} the {TARGET:,} posts/s target)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -310,6 +366,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "own cost; `learned` adds the MiniLM verifier's CPU per post). MIKO_VERIFIER in the environment wins.",
     )
     parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Also time N `miko-stream run` processes in one consumer group (a deployment's way to use every core); "
+        "the end-to-end line then reports that run.",
+    )
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument(
         "--classifier", help="name:DIR of a saved student: also time the run with MIKO_CLASSIFIERS (its cost per post)"
