@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,19 +36,15 @@ def read_posts(
         raise DataError(f"{path}: no such file")
     posts: list[LabelledPost] = []
     unlabelled: list[str] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            row = _json_object(line, f"{path}:{number}")
-            post = _as_post(row, f"{path}:{number}")
-            if labels is not None:
-                post = _joined(post, labels, f"{path}:{number}", unlabelled)
-            elif require_labels and post.label is None:
-                raise DataError(f"{path}:{number}: no `label` (0 or 1): training and evaluation need labelled posts")
-            posts.append(post)
-            if limit is not None and len(posts) >= limit:
-                break
+    for where, row in _json_rows(path):
+        post = _as_post(row, where)
+        if labels is not None:
+            post = _joined(post, labels, where, unlabelled)
+        elif require_labels and post.label is None:
+            raise DataError(f"{where}: no `label` (0 or 1): training and evaluation need labelled posts")
+        posts.append(post)
+        if limit is not None and len(posts) >= limit:
+            break
     if unlabelled:
         raise DataError(
             f"{path}: {len(unlabelled)} posts have no label in the labels file (first: {unlabelled[0]}); "
@@ -67,16 +63,12 @@ def read_labels(path: Path) -> dict[str, int]:
     if not path.is_file():
         raise DataError(f"{path}: no such file (labels)")
     labels: dict[str, int] = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            post = _as_post(_json_object(line, where), where)
-            if post.label is None:
-                continue
-            if labels.setdefault(post.id, post.label) != post.label:
-                raise DataError(f"{where}: post id {post.id} is labelled both 0 and 1")
+    for where, row in _json_rows(path):
+        post = _as_post(row, where)
+        if post.label is None:
+            continue
+        if labels.setdefault(post.id, post.label) != post.label:
+            raise DataError(f"{where}: post id {post.id} is labelled both 0 and 1")
     if not labels:
         raise DataError(f"{path}: no labelled rows (`id` and `label` 0 or 1)")
     return labels
@@ -92,11 +84,18 @@ def _joined(post: LabelledPost, labels: Mapping[str, int], where: str, unlabelle
     return replace(post, label=label)
 
 
-def _json_object(line: str, where: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{where}: not JSON ({error.msg})") from error
+def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(path:line, parsed JSON)`` for each non-blank line; a line that is not JSON is a :class:`DataError`."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: not JSON ({error.msg})") from error
+            yield where, row
 
 
 def _as_post(row: Any, where: str) -> LabelledPost:
